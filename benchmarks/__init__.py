@@ -1,0 +1,1 @@
+"""ragrt benchmarks: harnesses timing ragrt against transformers and optimum."""

@@ -1,0 +1,5 @@
+import sys
+
+from ragrt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``ragrt`` subcommand; each exposes ``register(subparsers)``."""

@@ -1,0 +1,8 @@
+"""ragrt.export: Hugging Face checkpoints -> ONNX artifacts (needs the ``export`` extra).
+
+This is the only part of ragrt that imports torch, transformers and optimum.
+"""
+
+from ragrt.export.pipeline import ExportOptions, export_artifacts
+
+__all__ = ["ExportOptions", "export_artifacts"]

@@ -1,0 +1,1 @@
+"""Triton model repository: model code and the repository builder."""
