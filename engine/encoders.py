@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from ragrt import manifest as manifest_mod
 from ragrt.errors import InputError
 from ragrt.manifest import ArtifactManifest, EncoderSpec

@@ -43,9 +43,7 @@ def file_record(root: Path, rel: str) -> dict[str, Any]:
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise InputError(
-            f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}"
-        )
+        raise InputError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     return precision
 
 
@@ -245,11 +243,15 @@ class ArtifactManifest:
         if self.context_encoder is not None and precision in self.context_encoder.onnx:
             rels += [self.context_encoder.tokenizer, self.context_encoder.onnx[precision]]
         rels += list(self.generator.onnx[precision].values())
-        extra = [r for r in self.files if any(r.startswith(x + ".") or r == x + "_data" for x in rels)]
+        extra = [
+            r for r in self.files if any(r.startswith(x + ".") or r == x + "_data" for x in rels)
+        ]
         return list(dict.fromkeys(rels + extra))
 
 
-def load(art_dir: str | os.PathLike, *, verify: bool = True, precision: str | None = None) -> ArtifactManifest:
+def load(
+    art_dir: str | os.PathLike, *, verify: bool = True, precision: str | None = None
+) -> ArtifactManifest:
     """Read and check ``ART_DIR/manifest.json``.
 
     With ``verify``, every file the runtime will open (all files, or only those of
@@ -257,9 +259,13 @@ def load(art_dir: str | os.PathLike, *, verify: bool = True, precision: str | No
     """
     root = Path(art_dir)
     if not root.exists():
-        raise ArtifactError(f"artifact directory {root} does not exist; create it with `ragrt export`")
+        raise ArtifactError(
+            f"artifact directory {root} does not exist; create it with `ragrt export`"
+        )
     if not root.is_dir():
-        raise ArtifactError(f"{root} is not a directory; pass the ART_DIR written by `ragrt export`")
+        raise ArtifactError(
+            f"{root} is not a directory; pass the ART_DIR written by `ragrt export`"
+        )
     mpath = root / MANIFEST_NAME
     if not mpath.is_file():
         raise ArtifactError(

@@ -12,7 +12,6 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-
 from ragrt.errors import ArtifactError
 
 
@@ -41,7 +40,9 @@ class TextTokenizer:
         try:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as e:
-            raise ArtifactError(f"cannot load tokenizer {path}: {e}; re-run `ragrt export`") from None
+            raise ArtifactError(
+                f"cannot load tokenizer {path}: {e}; re-run `ragrt export`"
+            ) from None
         self._tok.no_truncation()
         self._tok.no_padding()
         self.pad_token_id = int(pad_token_id)
@@ -82,7 +83,9 @@ class TextTokenizer:
         text = self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
         return clean_up_tokenization(text) if self.clean_up else text
 
-    def decode_batch(self, rows: Sequence[Sequence[int]], skip_special_tokens: bool = True) -> list[str]:
+    def decode_batch(
+        self, rows: Sequence[Sequence[int]], skip_special_tokens: bool = True
+    ) -> list[str]:
         return [self.decode(r, skip_special_tokens) for r in rows]
 
     def id_to_token(self, i: int) -> str | None:

@@ -3,6 +3,6 @@
 This is the only part of ragrt that imports torch, transformers and optimum.
 """
 
-from ragrt.export.pipeline import ExportOptions, export_artifacts
+from ragrt.export.pipeline import ExportOptions, ExportResult, export_artifacts
 
-__all__ = ["ExportOptions", "export_artifacts"]
+__all__ = ["ExportOptions", "ExportResult", "export_artifacts"]

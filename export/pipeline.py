@@ -1,0 +1,257 @@
+"""``ragrt export``: checkpoint folders -> ART_DIR (ONNX per component and precision,
+tokenizers, manifest.json, parity.json).
+
+Everything is written into a temporary sibling directory and renamed into place at the end, so
+an interrupted or failed export never leaves an ART_DIR that looks valid.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ragrt import __version__
+from ragrt.errors import InputError, RagrtError
+from ragrt.export import onnx_export, parity, precision
+from ragrt.export.sources import EncoderSource, Sources, load_sources
+from ragrt.manifest import (
+    PRECISIONS,
+    ArtifactManifest,
+    EncoderSpec,
+    GeneratorSpec,
+    check_precision,
+    file_record,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportOptions:
+    out: Path
+    rag_dir: Path | None = None
+    question_encoder: Path | None = None
+    generator: Path | None = None
+    context_encoder: Path | None = None
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    pooling: str | None = None
+    normalize: bool | None = None
+    parity: bool = True
+    progress: bool = True
+    overwrite: bool = False
+
+
+@dataclass
+class ExportResult:
+    art_dir: Path
+    manifest: ArtifactManifest
+    parity: parity.ParityReport | None
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a directory; choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(
+            f"output directory {out} is not empty; pass --overwrite or choose another --out"
+        )
+    parent = out.parent if out.parent != Path("") else Path(".")
+    if not parent.exists():
+        raise InputError(f"cannot write {out}: parent directory {parent} does not exist")
+    if not parent.is_dir():
+        raise InputError(f"cannot write {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise InputError(
+            f"cannot write {out}: directory {parent} is not writable; choose another --out"
+        )
+
+
+def _save_tokenizer(tok, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tok.backend_tokenizer.save(str(dst))
+
+
+def _encoder_spec(src: EncoderSource, comp: str) -> EncoderSpec:
+    return EncoderSpec(
+        name=src.name,
+        family=src.family,
+        pooling=src.pooling,
+        normalize=src.normalize,
+        dim=src.dim,
+        max_length=src.max_length,
+        tokenizer=f"{comp}/tokenizer.json",
+        input_names=list(src.input_names),
+        pad_token_id=int(src.tokenizer.pad_token_id or 0),
+        clean_up_tokenization_spaces=bool(
+            getattr(src.tokenizer, "clean_up_tokenization_spaces", False)
+        ),
+    )
+
+
+def _generator_spec(src: Sources) -> GeneratorSpec:
+    g = src.generator
+    cfg = g.model.config
+    if g.family == "bart":
+        layers = (cfg.encoder_layers, cfg.decoder_layers)
+        heads, d = cfg.decoder_attention_heads, cfg.d_model
+        head_dim, max_pos = d // heads, cfg.max_position_embeddings
+    else:
+        layers = (cfg.num_layers, cfg.num_decoder_layers)
+        heads, d, head_dim, max_pos = cfg.num_heads, cfg.d_model, cfg.d_kv, 0
+    return GeneratorSpec(
+        name=g.name,
+        family=g.family,
+        model_type=g.model_type,
+        vocab_size=int(cfg.vocab_size),
+        d_model=int(d),
+        encoder_layers=int(layers[0]),
+        decoder_layers=int(layers[1]),
+        num_heads=int(heads),
+        head_dim=int(head_dim),
+        max_positions=int(max_pos),
+        tokenizer="generator/tokenizer.json",
+        clean_up_tokenization_spaces=bool(
+            getattr(g.tokenizer, "clean_up_tokenization_spaces", False)
+        ),
+    )
+
+
+def export_artifacts(opts: ExportOptions) -> ExportResult:
+    """Export a RAG model (checkpoint or separate folders) into ``opts.out``."""
+    precisions = list(dict.fromkeys(check_precision(p) for p in opts.precisions))
+    if not precisions:
+        raise InputError(
+            f"no precision selected: pass --precision with one of {', '.join(PRECISIONS)}"
+        )
+    out = Path(opts.out)
+    _check_out(out, opts.overwrite)
+    src = load_sources(
+        opts.rag_dir,
+        opts.question_encoder,
+        opts.generator,
+        opts.context_encoder,
+        opts.pooling,
+        opts.normalize,
+    )
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    except OSError as e:
+        raise InputError(f"cannot write {out}: {e.strerror}; choose another --out") from None
+    try:
+        result = _export_into(tmp, src, precisions, opts)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        result.manifest.root = out
+        result.art_dir = out
+        return result
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _export_into(
+    root: Path, src: Sources, precisions: list[str], opts: ExportOptions
+) -> ExportResult:
+    from tqdm.auto import tqdm
+
+    encoders = {"question_encoder": src.question_encoder}
+    if src.context_encoder is not None:
+        encoders["context_encoder"] = src.context_encoder
+    n_steps = (len(encoders) + 1) * len(precisions) + (1 if opts.parity else 0)
+    bar = tqdm(total=n_steps, desc="export", unit="step", disable=not opts.progress)
+
+    def step(desc: str) -> None:
+        bar.set_postfix_str(desc)
+
+    specs: dict[str, EncoderSpec] = {}
+    fp32_paths: dict[str, Path] = {}
+    try:
+        for comp, esrc in encoders.items():
+            spec = _encoder_spec(esrc, comp)
+            _save_tokenizer(esrc.tokenizer, root / spec.tokenizer)
+            step(f"{comp} fp32")
+            fp32 = onnx_export.export_encoder(esrc, root / comp / "fp32" / "model.onnx")
+            fp32_paths[comp] = fp32
+            for p in precisions:
+                if p != "fp32":
+                    step(f"{comp} {p}")
+                    precision.CONVERTERS[p](fp32, root / comp / p / "model.onnx")
+                spec.onnx[p] = f"{comp}/{p}/model.onnx"
+                bar.update(1)
+            specs[comp] = spec
+
+        gspec = _generator_spec(src)
+        _save_tokenizer(src.generator.tokenizer, root / gspec.tokenizer)
+        step("generator fp32")
+        gfp32 = onnx_export.export_generator(src.generator, root / "generator" / "fp32")
+        for p in precisions:
+            if p != "fp32":
+                for role, path in gfp32.items():
+                    step(f"generator {role} {p}")
+                    precision.CONVERTERS[p](path, root / "generator" / p / path.name)
+            gspec.onnx[p] = {role: f"generator/{p}/{path.name}" for role, path in gfp32.items()}
+            bar.update(1)
+
+        report = None
+        if opts.parity:
+            step("parity vs PyTorch")
+            report = parity.ParityReport()
+            for comp, esrc in encoders.items():
+                paths = {p: root / specs[comp].onnx[p] for p in precisions if p != "fp32"}
+                paths = {"fp32": fp32_paths[comp], **paths}
+                report.rows += parity.encoder_parity(esrc, comp, paths)
+            gpaths = {"fp32": gfp32}
+            gpaths.update(
+                {
+                    p: {r: root / rel for r, rel in gspec.onnx[p].items()}
+                    for p in precisions
+                    if p != "fp32"
+                }
+            )
+            g = src.generation
+            report.rows += parity.generator_parity(
+                src.generator, g.decoder_start_token_id, g.eos_token_id, g.pad_token_id, gpaths
+            )
+            bar.update(1)
+        if "fp32" not in precisions:  # fp32 was the source of the other variants only
+            for comp in [*encoders, "generator"]:
+                shutil.rmtree(root / comp / "fp32")
+    finally:
+        bar.close()
+
+    if report is not None:
+        report.write(root / "parity.json")
+        fp32_fail = report.failures("fp32")
+        if fp32_fail:
+            names = ", ".join(f"{r.component} ({r.metrics})" for r in fp32_fail)
+            raise RagrtError(
+                f"fp32 parity against PyTorch failed for {names}; the export is wrong - "
+                "please report it with the checkpoint's config.json"
+            )
+
+    files = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "parity.json":
+            rel = p.relative_to(root).as_posix()
+            files[rel] = file_record(root, rel)
+    manifest = ArtifactManifest(
+        ragrt_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        source=src.description,
+        question_encoder=specs["question_encoder"],
+        context_encoder=specs.get("context_encoder"),
+        generator=gspec,
+        generation=src.generation,
+        precisions=precisions,
+        files=files,
+        root=root,
+    )
+    manifest.write(root)
+    return ExportResult(root, manifest, report)
