@@ -1,0 +1,164 @@
+"""``ragrt index build | search | info``: build an INDEX_DIR, query it, show its manifest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "index",
+        help="build and search a passage index (FAISS IVF-PQ + memory-mapped passage store)",
+        description="Build and search a passage index.",
+    )
+    sub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    b = sub.add_parser(
+        "build",
+        help="embed passages and build INDEX_DIR",
+        description=(
+            "Embed passages (DPR TSV id<TAB>text<TAB>title with header, or JSONL id/title/text; "
+            "optionally .gz) with the exported context encoder, or take precomputed embeddings, "
+            "and build a FAISS inner-product index plus an on-disk passage store in INDEX_DIR. "
+            "The directory appears only when the build is complete."
+        ),
+    )
+    b.add_argument(
+        "--passages", required=True, metavar="FILE", help="passage file (.tsv/.jsonl[.gz])"
+    )
+    b.add_argument(
+        "--model",
+        metavar="ART_DIR",
+        help="artifact dir from `ragrt export` (its context encoder embeds the passages; "
+        "with --embeddings only its identity is recorded)",
+    )
+    b.add_argument(
+        "--embeddings",
+        metavar="FILE.npy",
+        help="precomputed [passages, dim] embeddings, in file order",
+    )
+    b.add_argument("--out", required=True, metavar="INDEX_DIR", help="index directory to create")
+    b.add_argument(
+        "--factory",
+        help="FAISS index factory string (default: from corpus size, e.g. IVF4096,PQ64; Flat when tiny)",
+    )
+    b.add_argument("--train-size", type=int, metavar="N", help="training sample size")
+    b.add_argument(
+        "--exact-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep exact float16 embeddings (exact doc scores and re-ranking; default: on)",
+    )
+    b.add_argument("--skip-bad-rows", action="store_true", help="log and skip malformed rows")
+    b.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
+    b.add_argument("--precision", default="fp32", help="context encoder precision (default fp32)")
+    b.add_argument("--nprobe", type=int, help="fix the default nprobe instead of calibrating it")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing INDEX_DIR")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=_build)
+
+    s = sub.add_parser(
+        "search",
+        help="retrieve passages for questions",
+        description="Embed questions with the question encoder and print the top-k passages.",
+    )
+    s.add_argument("index_dir", metavar="INDEX_DIR", help="index directory")
+    s.add_argument("question", nargs="+", help="question(s)")
+    s.add_argument(
+        "--model", required=True, metavar="ART_DIR", help="artifact dir (question encoder)"
+    )
+    s.add_argument(
+        "--shard",
+        action="append",
+        default=[],
+        metavar="INDEX_DIR",
+        help="more index dirs searched as shards of one corpus (repeatable)",
+    )
+    s.add_argument("-k", type=int, default=5, help="passages per question (default 5)")
+    s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: calibrated at build)")
+    s.add_argument("--precision", default="fp32", help="question encoder precision")
+    s.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="index device")
+    s.add_argument("--json", action="store_true", help="one JSON object per question per line")
+    s.set_defaults(func=_search)
+
+    i = sub.add_parser("info", help="print an index manifest; --verify hashes every file")
+    i.add_argument("index_dir", metavar="INDEX_DIR")
+    i.add_argument("--verify", action="store_true", help="check every file's sha256")
+    i.set_defaults(func=_info)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from ragrt.errors import InputError
+    from ragrt.index_build import BuildOptions, build_index
+
+    if not args.model and not args.embeddings:
+        raise InputError(
+            "give --model ART_DIR (embed with its context encoder) or --embeddings FILE.npy"
+        )
+    opts = BuildOptions(
+        factory=args.factory,
+        train_size=args.train_size,
+        exact_embeddings=args.exact_embeddings,
+        skip_bad_rows=args.skip_bad_rows,
+        batch_size=args.batch_size,
+        nprobe=args.nprobe,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    m = build_index(
+        args.passages,
+        args.out,
+        model=args.model,
+        embeddings=args.embeddings,
+        precision=args.precision,
+        options=opts,
+    )
+    skipped = m.source.get("skipped_rows", 0)
+    print(
+        f"built {args.out}: {m.passages} passages, {m.dimension}-d, {m.factory}, "
+        f"scores {m.scores}, nprobe {m.nprobe}"
+        + (f", {skipped} bad rows skipped" if skipped else "")
+        + f" ({m.build.get('seconds', 0):.1f}s)"
+    )
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from ragrt.encoders import TextEncoder
+    from ragrt.errors import InputError
+    from ragrt.index import PassageIndex
+
+    questions = list(args.question)
+    if any(not q.strip() for q in questions):
+        raise InputError("empty question")
+    index = PassageIndex.open([args.index_dir, *args.shard], device=args.device)
+    enc = TextEncoder.load(args.model, "question_encoder", args.precision)
+    index.check_encoder(enc)
+    res = index.search(enc.encode(questions), args.k, nprobe=args.nprobe)
+    for q, docs in zip(questions, index.docs(res)):
+        if args.json:
+            print(
+                json.dumps({"question": q, "docs": [d.to_dict() for d in docs]}, ensure_ascii=False)
+            )
+            continue
+        print(f"question: {q}")
+        for rank, d in enumerate(docs, 1):
+            print(f"{rank:>3}. [{d.score:.4f}] {d.id}  {d.title}")
+            print(f"     {' '.join(d.text.split())}")
+    sys.stdout.flush()
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ragrt.index import IndexManifest
+
+    m = IndexManifest.load(args.index_dir)
+    if args.verify:
+        from pathlib import Path
+
+        m.verify(Path(args.index_dir), "full")
+    print(json.dumps(m.to_dict(), indent=2))
+    return 0

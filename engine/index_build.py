@@ -1,0 +1,546 @@
+"""Building an INDEX_DIR: passages -> store + embeddings -> trained, filled FAISS index.
+
+Everything is written into ``OUT.tmp-<pid>`` next to ``OUT`` and renamed to ``OUT`` only when
+complete (manifest last), so an interrupted or failed build never leaves a directory that looks
+like a valid index. Memory stays bounded: passages stream from the file, embeddings go to a
+memory-mapped work file, training uses a random sample and vectors are added in chunks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ragrt.errors import InputError
+from ragrt.index import (
+    EMB_FILES,
+    FLAT_BELOW,
+    INDEX_FILE,
+    METRIC,
+    RERANK_FACTOR,
+    RERANK_MIN,
+    IndexManifest,
+    _faiss,
+    _nlist,
+    default_factory,
+    default_train_size,
+    search_core,
+)
+from ragrt.manifest import file_record
+from ragrt.passages import STORE_FILES, Passage, ReadStats, build_store, count_lines, iter_passages
+
+log = logging.getLogger(__name__)
+
+TARGET_RECALL = 0.95
+
+
+@dataclass
+class BuildOptions:
+    """Knobs of :func:`build_index` (CLI flags of ``ragrt index build``)."""
+
+    factory: str | None = None  # default: from corpus size (default_factory)
+    train_size: int | None = None  # default: 50 points per list, >= 65536, <= N
+    exact_embeddings: bool = True
+    exact_dtype: str = "float16"
+    skip_bad_rows: bool = False
+    batch_size: int = 64
+    add_chunk: int = 65536
+    embed_chunk: int = 4096  # passages sorted by length together before batching
+    seed: int = 0
+    calibrate_queries: int = 200
+    target_recall: float = TARGET_RECALL
+    nprobe: int | None = None  # fix the default nprobe instead of calibrating it
+    overwrite: bool = False
+    progress: bool = True
+    fmt: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _version() -> str:
+    try:
+        from ragrt import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover
+        return ""
+
+
+def model_identity(art: Any, encoder: Any) -> dict[str, Any]:
+    """What the manifest records about the embedding model (checked at query time)."""
+    ident: dict[str, Any] = {"name": None, "dim": None}
+    if encoder is not None:
+        ident.update(
+            name=encoder.name,
+            dim=int(encoder.dim),
+            precision=encoder.precision,
+            onnx_sha256=encoder.onnx_sha256,
+        )
+    if art is not None:
+        q = art.question_encoder
+        ident["question_encoder"] = {
+            "name": q.name,
+            "dim": int(q.dim),
+            "sha256": {p: art.files[r]["sha256"] for p, r in q.onnx.items() if r in art.files},
+        }
+        c = art.context_encoder
+        if c is not None:
+            ident["context_encoder"] = {
+                "name": c.name,
+                "dim": int(c.dim),
+                "sha256": {p: art.files[r]["sha256"] for p, r in c.onnx.items() if r in art.files},
+            }
+            ident["name"] = ident["name"] or c.name
+            ident["dim"] = ident["dim"] or int(c.dim)
+        ident["name"] = ident["name"] or q.name
+        ident["dim"] = ident["dim"] or int(q.dim)
+    return ident
+
+
+class _Embedder:
+    """Collects passages, embeds them in length-sorted chunks, appends to the work file."""
+
+    def __init__(self, encoder: Any, out: Path, dtype: str, opts: BuildOptions, total: int | None):
+        self.encoder = encoder
+        self.f = open(out, "wb")
+        self.dtype = np.dtype(dtype)
+        self.opts = opts
+        self.buf: list[Passage] = []
+        self.n = 0
+        self.bar = None
+        if opts.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                desc="embedding passages",
+                unit="passage",
+                unit_scale=True,
+                dynamic_ncols=True,
+            )
+
+    def __call__(self, p: Passage) -> None:
+        self.buf.append(p)
+        if len(self.buf) >= self.opts.embed_chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        items = [(p.title, p.text) if p.title else p.text for p in self.buf]
+        order = np.argsort([len(p.title) + len(p.text) for p in self.buf], kind="stable")
+        emb = self.encoder.encode(
+            [items[i] for i in order], batch_size=self.opts.batch_size, sort_by_length=False
+        )
+        out = np.empty_like(emb)
+        out[order] = emb
+        _check_finite(out, self.n, "the context encoder produced")
+        self.f.write(np.ascontiguousarray(out, dtype=self.dtype).tobytes())
+        self.n += len(self.buf)
+        if self.bar is not None:
+            self.bar.update(len(self.buf))
+        self.buf = []
+
+    def close(self) -> None:
+        self.flush()
+        self.f.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _check_finite(x: np.ndarray, start: int, what: str) -> None:
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        row = start + int(np.flatnonzero(bad)[0])
+        raise InputError(f"{what} NaN or infinite values (first at passage row {row})")
+
+
+def load_embeddings(path: str | os.PathLike) -> np.ndarray:
+    """A ``.npy`` [N, dim] float array, memory-mapped (never read whole)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"embeddings file {p} does not exist")
+    try:
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"cannot read embeddings {p} as a .npy array: {e}") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"{p} is not a single .npy array")
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise InputError(f"embeddings {p} must have shape [passages, dim], got {list(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InputError(f"embeddings {p} must be float16/32/64, got {arr.dtype}")
+    return arr
+
+
+def _copy_embeddings(
+    src: np.ndarray, rows: np.ndarray | None, out: Path, dtype: str, chunk: int, label: str
+) -> None:
+    """Write ``src[rows]`` as raw ``dtype`` to ``out`` in chunks, checking for NaN/inf."""
+    n = len(rows) if rows is not None else len(src)
+    dt = np.dtype(dtype)
+    with open(out, "wb") as f:
+        for s in range(0, n, chunk):
+            block = src[rows[s : s + chunk]] if rows is not None else src[s : s + chunk]
+            block = np.asarray(block, dtype=np.float32)
+            _check_finite(block, s, f"{label} has")
+            f.write(np.ascontiguousarray(block, dtype=dt).tobytes())
+
+
+def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    old = None
+    if out.exists():
+        if not overwrite:
+            raise InputError(f"{out} already exists; pass --overwrite to replace it")
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_index(
+    passages: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    embeddings: str | os.PathLike | np.ndarray | None = None,
+    encoder: Any = None,
+    precision: str = "fp32",
+    options: BuildOptions | None = None,
+) -> IndexManifest:
+    """Build INDEX_DIR ``out_dir`` from a passage file.
+
+    Embeddings come from ``model`` (an ART_DIR; its context encoder embeds ``title [SEP] text``
+    as DPR does), an explicit ``encoder`` (anything with ``encode``/``dim``/``name``), or
+    ``embeddings`` (a ``.npy`` path or array, one row per data row of the passage file in file
+    order; rows of skipped bad passages are dropped with them). ``model`` together with
+    ``embeddings`` records the model's identity without running it.
+    """
+    opts = options or BuildOptions()
+    faiss = _faiss()
+    t_start = time.perf_counter()
+    src = Path(passages)
+    out = Path(out_dir)
+    if opts.exact_dtype not in EMB_FILES:
+        raise InputError(
+            f"exact embedding dtype must be float16 or float32, got {opts.exact_dtype!r}"
+        )
+    if opts.batch_size <= 0:
+        raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    if opts.train_size is not None and opts.train_size <= 0:
+        raise InputError(f"--train-size must be >= 1, got {opts.train_size}")
+    if out.exists() and not opts.overwrite:
+        raise InputError(f"{out} already exists; pass --overwrite to replace it")
+    art = None
+    if model is not None:
+        from ragrt import manifest as manifest_mod
+
+        if embeddings is None and encoder is None:
+            from ragrt.encoders import TextEncoder
+
+            art = manifest_mod.load(model, precision=precision)  # verifies the files it runs
+            encoder = TextEncoder.from_manifest(art, "context_encoder", precision)
+        else:
+            art = manifest_mod.load(model, verify=False)
+    if embeddings is None and encoder is None:
+        raise InputError(
+            "give a model (--model ART_DIR) or precomputed embeddings (--embeddings FILE.npy)"
+        )
+    pre = None
+    if embeddings is not None:
+        pre = load_embeddings(embeddings) if not isinstance(embeddings, np.ndarray) else embeddings
+        if pre.ndim != 2:
+            raise InputError(f"embeddings must have shape [passages, dim], got {list(pre.shape)}")
+    ident = model_identity(art, encoder if pre is None else None)
+    dim = int(pre.shape[1]) if pre is not None else int(encoder.dim)
+    if art is not None and ident.get("dim") and ident["dim"] != dim:
+        raise InputError(
+            f"embeddings have {dim} dims but the model {ident['name']!r} outputs {ident['dim']}"
+        )
+    ident["dim"] = dim
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        man = _build(src, tmp, out, pre, encoder, dim, ident, opts, faiss, t_start)
+        _publish(tmp, out, opts.overwrite)
+        return man
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build(
+    src: Path,
+    tmp: Path,
+    out: Path,
+    pre: np.ndarray | None,
+    encoder: Any,
+    dim: int,
+    ident: dict[str, Any],
+    opts: BuildOptions,
+    faiss: Any,
+    t_start: float,
+) -> IndexManifest:
+    stats = ReadStats(str(src), opts.fmt or "")
+    keep = opts.exact_embeddings
+    # The work file holds every embedding between embedding and adding (and is the exact store
+    # when kept). A flat index stores vectors as given, so it gets float32; IVF-PQ trains and
+    # adds from float16 (halves the disk for 21M x 768) unless float32 exact scores are asked.
+    est_rows = len(pre) if pre is not None else count_lines(src)
+    flat_expected = opts.factory == "Flat" or (opts.factory is None and est_rows < FLAT_BELOW)
+    if flat_expected:
+        work_dtype = "float32"
+    else:
+        work_dtype = opts.exact_dtype if keep else "float16"
+    work = tmp / (EMB_FILES[opts.exact_dtype] if keep and not flat_expected else "embeddings.work")
+    timings: dict[str, float] = {}
+
+    # 1. passages -> store (+ embeddings on the way)
+    t = time.perf_counter()
+    rows_iter = iter_passages(
+        src, fmt=opts.fmt, skip_bad_rows=opts.skip_bad_rows, stats=stats, track_rows=pre is not None
+    )
+    if pre is None:
+        emb = _Embedder(encoder, work, work_dtype, opts, est_rows)
+        try:
+            st = build_store(rows_iter, tmp, source=str(src), on_passage=emb)
+        finally:
+            emb.close()
+    else:
+        st = build_store(rows_iter, tmp, source=str(src))
+        if len(pre) != stats.rows:
+            raise InputError(
+                f"embeddings have {len(pre)} rows but {src} has {stats.rows} passage rows; "
+                "one embedding per row, in file order"
+            )
+        rows = np.asarray(stats.kept_rows, dtype=np.int64) if stats.skipped else None
+        _copy_embeddings(pre, rows, work, work_dtype, opts.add_chunk, "the embeddings file")
+    n = st.passages
+    timings["store_and_embed_s"] = time.perf_counter() - t
+    vecs = np.memmap(work, dtype=np.dtype(work_dtype), mode="r", shape=(n, dim))
+
+    # 2. index: factory, train on a sample, add in chunks
+    factory = opts.factory or default_factory(n, dim)
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(
+            f"bad FAISS factory {factory!r} for {dim}-d vectors: {_first(e)}"
+        ) from None
+    is_flat = _nlist(index) is None and type(faiss.downcast_index(index)).__name__.startswith(
+        "IndexFlat"
+    )
+    rng = np.random.default_rng(opts.seed)
+    t = time.perf_counter()
+    train_n = 0
+    if not index.is_trained:
+        train_n = min(n, opts.train_size or default_train_size(n, factory))
+        sample = np.sort(rng.choice(n, size=train_n, replace=False))
+        xt = np.ascontiguousarray(vecs[sample], dtype=np.float32)
+        log.info("training %s on %d vectors", factory, train_n)
+        try:
+            index.train(xt)
+        except RuntimeError as e:
+            raise InputError(
+                f"cannot train {factory!r} on {train_n} vectors: {_first(e)} "
+                "(fewer passages than lists? choose a smaller --factory or more --train-size)"
+            ) from None
+        del xt
+    timings["train_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for s in range(0, n, opts.add_chunk):
+        index.add(np.ascontiguousarray(vecs[s : s + opts.add_chunk], dtype=np.float32))
+    timings["add_s"] = time.perf_counter() - t
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+
+    # 3. exact embeddings: kept (IVF) / dropped (flat stores them exactly already)
+    exact = None
+    if keep and not is_flat:
+        exact = {"file": work.name, "dtype": opts.exact_dtype}
+    nlist = _nlist(index)
+
+    # 4. default nprobe from measured recall
+    t = time.perf_counter()
+    calibration = None
+    nprobe = None
+    if nlist is not None:
+        if opts.nprobe is not None:
+            nprobe = int(opts.nprobe)
+        else:
+            calibration = calibrate_nprobe(
+                index,
+                vecs,
+                nlist,
+                exact_ok=exact is not None,
+                n_queries=opts.calibrate_queries,
+                target=opts.target_recall,
+                seed=opts.seed,
+            )
+            nprobe = calibration["nprobe"]
+    timings["calibrate_s"] = time.perf_counter() - t
+    del vecs
+    if exact is None:
+        work.unlink()
+
+    files = {
+        r: file_record(tmp, r)
+        for r in [INDEX_FILE, *STORE_FILES] + ([exact["file"]] if exact else [])
+    }
+    man = IndexManifest(
+        dimension=dim,
+        metric=METRIC,
+        factory=factory,
+        passages=n,
+        embedding_model=ident,
+        scores="exact" if (is_flat or exact) else "pq_approximate",
+        files=files,
+        nprobe=nprobe,
+        exact_embeddings=exact,
+        calibration=calibration,
+        source={
+            "passages": str(src),
+            "format": stats.format,
+            "rows": stats.rows,
+            "skipped_rows": stats.skipped,
+            "skipped_examples": [f"line {ln}: {r}" for ln, r in stats.skipped_rows],
+            "embeddings": "precomputed" if pre is not None else "context_encoder",
+        },
+        build={
+            "train_size": train_n,
+            "seconds": round(time.perf_counter() - t_start, 3),
+            **{k: round(v, 3) for k, v in timings.items()},
+            "rerank": {"factor": RERANK_FACTOR, "min": RERANK_MIN},
+            **opts.extra,
+        },
+        ragrt_version=_version(),
+        created=_now(),
+    )
+    man.write(tmp)
+    log.info("built %s: %d passages, %s, %.1fs", out, n, factory, time.perf_counter() - t_start)
+    return man
+
+
+def _first(e: BaseException) -> str:
+    s = str(e).strip()
+    for line in s.splitlines():
+        if "Error" in line and ":" in line:
+            return line.split(":", 1)[-1].strip() or s.splitlines()[0]
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def exact_topk(vecs: np.ndarray, q: np.ndarray, k: int, chunk: int = 65536) -> np.ndarray:
+    """Exact inner-product top-``k`` rows of ``q`` over ``vecs`` (memmap-friendly)."""
+    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(q), 0), dtype=np.int64)
+    for s in range(0, len(vecs), chunk):
+        block = np.asarray(vecs[s : s + chunk], dtype=np.float32)
+        sc = q @ block.T
+        kk = min(k, sc.shape[1])
+        part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
+        best_s = np.concatenate([best_s, np.take_along_axis(sc, part, 1)], axis=1)
+        best_i = np.concatenate([best_i, part + s], axis=1)
+        if best_s.shape[1] > k:
+            keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
+            best_s = np.take_along_axis(best_s, keep, 1)
+            best_i = np.take_along_axis(best_i, keep, 1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_i, order, 1)
+
+
+def calibrate_nprobe(
+    index: Any,
+    vecs: np.ndarray,
+    nlist: int,
+    *,
+    exact_ok: bool,
+    n_queries: int = 200,
+    target: float = TARGET_RECALL,
+    k: int = 10,
+    seed: int = 0,
+    search: Callable | None = None,
+) -> dict[str, Any]:
+    """Smallest power-of-two nprobe whose recall@k vs exact search reaches ``target``.
+
+    Queries are sampled passages; each one's own row is excluded from both result lists, so
+    this measures how well the index finds a passage's true neighbours.
+    """
+    n = len(vecs)
+    rng = np.random.default_rng(seed + 1)
+    qn = min(n_queries, n)
+    rows = np.sort(rng.choice(n, size=qn, replace=False))
+    q = np.ascontiguousarray(vecs[rows], dtype=np.float32)
+    kk = min(k, n - 1)
+    if kk <= 0:
+        return {"nprobe": 1, "recall@10": 1.0, "queries": qn, "sweep": {}}
+    truth = exact_topk(vecs, q, kk + 1)
+    truth_sets = [set(t[t != r][:kk].tolist()) for t, r in zip(truth, rows)]
+    exact_fn = (
+        (lambda r: np.asarray(vecs[r.ravel()], dtype=np.float32).reshape(*r.shape, -1))
+        if exact_ok
+        else None
+    )
+    sweep: dict[str, float] = {}
+    npb, chosen = 1, None
+    while True:
+        rerank = max(RERANK_MIN, RERANK_FACTOR * (kk + 1)) if exact_fn else None
+        got, _ = search_core(
+            index, q, kk + 1, nprobe=npb, nlist=nlist, exact=exact_fn, rerank=rerank
+        )
+        rec = float(
+            np.mean(
+                [
+                    len(ts & set(g[g != r][:kk].tolist())) / max(len(ts), 1)
+                    for ts, g, r in zip(truth_sets, got, rows)
+                ]
+            )
+        )
+        sweep[str(npb)] = round(rec, 4)
+        if rec >= target:
+            chosen = npb
+            break
+        if npb >= nlist:
+            break
+        npb = min(npb * 2, nlist)
+    if chosen is None:
+        chosen = nlist
+        log.warning(
+            "recall@%d %.3f < %.2f even at nprobe=nlist=%d (PQ too coarse for this data?)",
+            kk,
+            sweep[str(nlist)],
+            target,
+            nlist,
+        )
+    return {
+        "nprobe": chosen,
+        f"recall@{k}": sweep[str(chosen)],
+        "target": target,
+        "queries": qn,
+        "reranked": bool(exact_fn),
+        "sweep": sweep,
+    }
+
+
+__all__ = [
+    "BuildOptions",
+    "build_index",
+    "calibrate_nprobe",
+    "exact_topk",
+    "load_embeddings",
+    "model_identity",
+]
