@@ -1,0 +1,93 @@
+"""RAG-Token decoding (``RagTokenForGeneration.generate``) over a :class:`Seq2SeqGenerator`.
+
+The encoder runs once on the ``B * n_docs`` contexts. The decoder batch is
+``B * num_beams * n_docs`` rows (question-major, then beam, then doc), each reading the
+encoder states of its (question, doc). Every step turns the ``n_docs`` rows of one
+(question, beam) into one distribution::
+
+    log p(y_t) = logsumexp_d( log_softmax(logits_d)[y_t] + log_softmax(doc_scores)_d )
+
+and greedy/beam search act on those marginals, exactly as the reference. A beam reorder moves
+whole groups of ``n_docs`` cache rows (the reference's ``_reorder_cache``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ragrt.errors import InputError
+from ragrt.generation.params import GenerationParams
+from ragrt.generation.search import (
+    F32,
+    OnToken,
+    TokenHypothesis,
+    beam_search,
+    greedy,
+    log_softmax,
+    logsumexp,
+)
+
+
+class RagTokenStep:
+    """Wraps a decoder step so that its scores are doc-marginalized log-probs per (question, beam)."""
+
+    def __init__(self, decoder, doc_logprobs: np.ndarray):
+        self.dec = decoder
+        self.doc_lp = np.asarray(doc_logprobs, dtype=F32)  # [rows, n_docs]
+        self.n_docs = self.doc_lp.shape[1]
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        logits = self.dec.step(np.repeat(np.asarray(tokens, dtype=np.int64), self.n_docs))
+        rows, vocab = self.doc_lp.shape[0], logits.shape[-1]
+        lp = log_softmax(logits).reshape(rows, self.n_docs, vocab) + self.doc_lp[:, :, None]
+        return logsumexp(lp, axis=1)
+
+    def select(self, idx: np.ndarray) -> None:
+        idx = np.asarray(idx, dtype=np.int64)
+        self.dec.select((idx[:, None] * self.n_docs + np.arange(self.n_docs)).reshape(-1))
+        self.doc_lp = self.doc_lp[idx]
+
+
+def check_inputs(
+    context_ids, context_mask, doc_scores
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    ids = np.asarray(context_ids, dtype=np.int64)
+    mask = np.asarray(context_mask, dtype=np.int64)
+    scores = np.asarray(doc_scores, dtype=F32)
+    if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise InputError(f"doc_scores must be [batch, n_docs], got shape {scores.shape}")
+    batch, n_docs = scores.shape
+    if ids.ndim != 2 or ids.shape != mask.shape or ids.shape[0] != batch * n_docs:
+        raise InputError(
+            f"context ids/mask must both be [batch * n_docs, L] = [{batch * n_docs}, L], "
+            f"got {ids.shape} and {mask.shape}"
+        )
+    return ids, mask, scores, batch, n_docs
+
+
+def generate(
+    generator,
+    context_ids: np.ndarray,
+    context_mask: np.ndarray,
+    doc_scores: np.ndarray,
+    config: GenerationParams,
+    on_token: OnToken | None = None,
+) -> list[list[TokenHypothesis]]:
+    """RAG-Token generation; per question, ``num_return_sequences`` hypotheses, best first.
+
+    ``context_ids``/``context_mask``: ``[B * n_docs, L]`` (question-major), ``doc_scores``:
+    ``[B, n_docs]`` (``n_docs`` is taken from its shape). ``on_token(step, tokens)`` streams
+    greedy decoding (one entry per question, ``None`` once a question has finished); it is
+    not called for beam search, whose best hypothesis is only known at the end.
+    """
+    ids, mask, scores, batch, n_docs = check_inputs(context_ids, context_mask, doc_scores)
+    states = generator.encode(ids, mask)
+    K = config.num_beams
+    src = np.arange(batch)[:, None, None] * n_docs + np.arange(n_docs)[None, None, :]
+    src = np.broadcast_to(src, (batch, K, n_docs)).reshape(-1)
+    model = RagTokenStep(
+        generator.decoder_step(states, mask, src), np.repeat(log_softmax(scores, axis=1), K, axis=0)
+    )
+    if K == 1:
+        hyps = greedy(model, batch, config, normalized=True, on_token=on_token)
+        return [[h] for h in hyps]
+    return beam_search(model, batch, config)

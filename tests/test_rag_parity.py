@@ -1,0 +1,158 @@
+"""Token-exact parity of ragrt's torch-free decoding with transformers 4.57 (fp32).
+
+Both sides get the same ``context_input_ids`` / ``context_attention_mask`` / ``doc_scores``
+(right-padded to the longest context, not to 300: the mask hides the pads, so this only
+changes float rounding). The reference's ``max_length``/``min_length`` count the decoder start
+token: ragrt's ``max_new_tokens = N`` is the reference's ``max_length = N + 1``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+try:  # tests/ is on sys.path under pytest's default (prepend) import mode
+    from gen_fixtures import (
+        GenFixture,
+        assert_diverse,
+        assert_same_ranked,
+        build_fixture,
+        pad_hypotheses,
+        random_contexts,
+    )
+except ImportError:  # pragma: no cover - tests/ imported as a package
+    from tests.gen_fixtures import (
+        GenFixture,
+        assert_diverse,
+        assert_same_ranked,
+        build_fixture,
+        pad_hypotheses,
+        random_contexts,
+    )
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("optimum.exporters.onnx")
+
+from ragrt.generation import rag_token  # noqa: E402
+from ragrt.generation.search import beam_fill_value  # noqa: E402
+
+MAX_NEW = 11
+
+
+@pytest.fixture(scope="session")
+def gen_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("gen_parity")
+
+
+@pytest.fixture(scope="session")
+def token_fixtures(gen_root) -> dict[str, GenFixture]:
+    return {fam: build_fixture(gen_root, fam, "token") for fam in ("bart", "t5")}
+
+
+@pytest.fixture(scope="session")
+def sequence_fixtures(gen_root) -> dict[str, GenFixture]:
+    return {fam: build_fixture(gen_root, fam, "sequence") for fam in ("bart", "t5")}
+
+
+def _reference_token(
+    fx: GenFixture, ids, mask, scores, **kw
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reference sequences and (beam search only) their scores."""
+    with torch.no_grad():
+        out = fx.model.generate(
+            context_input_ids=torch.from_numpy(ids),
+            context_attention_mask=torch.from_numpy(mask),
+            doc_scores=torch.from_numpy(scores),
+            n_docs=scores.shape[1],
+            return_dict_in_generate=True,
+            output_scores=True,
+            **kw,
+        )
+    seq_scores = getattr(out, "sequences_scores", None)
+    return out.sequences.numpy(), None if seq_scores is None else seq_scores.numpy()
+
+
+def _check(fx, hyps, p, ref, ref_scores) -> None:
+    ours = _ours_padded(fx, hyps, p, ref.shape[1])
+    our_scores = np.array([h.score for q in hyps for h in q]) if ref_scores is not None else None
+    ties = assert_same_ranked(ours, ref, our_scores, ref_scores, per_item=p.num_return_sequences)
+    assert ties <= len(ours) // 2, f"{ties} tie-broken hypotheses: more than fp32 noise explains"
+
+
+def _ours_padded(fx: GenFixture, hyps, params, width: int) -> np.ndarray:
+    rows = [h.token_ids for q in hyps for h in q]
+    fill = params.pad_token_id if params.num_beams == 1 else beam_fill_value(params)
+    return pad_hypotheses(rows, params.decoder_start_token_id, fill, width)
+
+
+def _ref_kwargs(p) -> dict:
+    return dict(
+        num_beams=p.num_beams,
+        num_return_sequences=p.num_return_sequences,
+        max_length=p.max_new_tokens + 1,
+        min_length=p.min_new_tokens + 1 if p.min_new_tokens else 0,
+        no_repeat_ngram_size=p.no_repeat_ngram_size,
+        length_penalty=p.length_penalty,
+        early_stopping=p.early_stopping,
+        forced_bos_token_id=p.forced_bos_token_id,
+        forced_eos_token_id=p.forced_eos_token_id,
+    )
+
+
+# (batch, n_docs) pairs: every value of each, 4 combinations per family and mode
+SHAPES = [(1, 1), (3, 5), (3, 1), (1, 5)]
+
+
+@pytest.mark.parametrize("family", ["bart", "t5"])
+@pytest.mark.parametrize("num_beams", [1, 4])
+@pytest.mark.parametrize("batch,n_docs", SHAPES)
+def test_rag_token_matches_transformers(token_fixtures, family, num_beams, batch, n_docs):
+    fx = token_fixtures[family]
+    ids, mask, scores = random_contexts(fx, batch, n_docs, seed=batch * 10 + n_docs)
+    p = fx.params(
+        max_new_tokens=MAX_NEW,
+        min_new_tokens=3,
+        no_repeat_ngram_size=3,
+        num_beams=num_beams,
+        num_return_sequences=2 if num_beams > 1 else 1,
+        n_docs=n_docs,
+    )
+    ref, ref_scores = _reference_token(fx, ids, mask, scores, **_ref_kwargs(p))
+    assert_diverse(ref)
+    hyps = rag_token.generate(fx.generator, ids, mask, scores, p)
+    assert len(hyps) == batch and all(len(q) == p.num_return_sequences for q in hyps)
+    _check(fx, hyps, p, ref, ref_scores)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(early_stopping=True, length_penalty=1.0),
+        dict(early_stopping="never", length_penalty=2.0),
+        dict(early_stopping=False, length_penalty=0.5, num_return_sequences=4),
+        dict(early_stopping=False, length_penalty=-1.0, forced_bos_token_id=None),
+    ],
+    ids=["early-true", "never-lp2", "lp0.5-ret4", "neg-lp-no-forced-bos"],
+)
+def test_rag_token_beam_options(token_fixtures, opts):
+    fx = token_fixtures["bart"]
+    ids, mask, scores = random_contexts(fx, 2, 3, seed=7)
+    p = fx.params(max_new_tokens=MAX_NEW, num_beams=4, n_docs=3, **opts)
+    ref, ref_scores = _reference_token(fx, ids, mask, scores, **_ref_kwargs(p))
+    assert_diverse(ref)
+    hyps = rag_token.generate(fx.generator, ids, mask, scores, p)
+    _check(fx, hyps, p, ref, ref_scores)
+
+
+def test_rag_token_greedy_streams_tokens(token_fixtures):
+    fx = token_fixtures["bart"]
+    ids, mask, scores = random_contexts(fx, 3, 2, seed=3)
+    p = fx.params(max_new_tokens=MAX_NEW, n_docs=2)
+    seen: list[tuple[int, list]] = []
+    hyps = rag_token.generate(
+        fx.generator, ids, mask, scores, p, on_token=lambda s, t: seen.append((s, t))
+    )
+    assert [s for s, _ in seen] == list(range(len(seen)))
+    for q, h in enumerate(hyps):
+        streamed = [t[q] for _, t in seen if t[q] is not None]
+        assert streamed == h[0].token_ids
