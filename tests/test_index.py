@@ -697,3 +697,141 @@ def test_build_with_encoder_keeps_passage_order(tmp_path, fmt):
     res = ix.search(want[[5, 250]], 1)
     assert res.rows[:, 0].tolist() == [5, 250]
     assert [d[0].id for d in ix.docs(res)] == ["p5", "p250"]
+
+
+def _jsonl_to_tsv(src: Path, dst: Path) -> Path:
+    import csv
+
+    with open(dst, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["id", "text", "title"])
+        for line in src.read_text(encoding="utf-8").splitlines():
+            o = json.loads(line)
+            w.writerow([o["id"], o["text"], o.get("title", "")])
+    return dst
+
+
+def test_fixture_encoder_tsv_and_jsonl_builds_agree(
+    rag_bart_art, rag_bart_index, small_corpus, tmp_path, capsys
+):
+    from ragrt.cli import main
+    from ragrt.encoders import TextEncoder
+
+    tsv = _jsonl_to_tsv(small_corpus, tmp_path / "corpus.tsv")
+    out = tmp_path / "idx-tsv"
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--passages",
+                str(tsv),
+                "--model",
+                str(rag_bart_art),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    a, b = PassageIndex.open(rag_bart_index), PassageIndex.open(out)
+    n = len(a)
+    assert n == len(b) == 240 and a.manifest.factory == "Flat"
+    em = a.manifest.embedding_model
+    assert em["question_encoder"]["sha256"]["fp32"] and em["context_encoder"]["sha256"]["fp32"]
+    np.testing.assert_allclose(a.embeddings(np.arange(n)), b.embeddings(np.arange(n)), atol=1e-5)
+    for i in (0, 1, 239):  # same passages, text preserved through the TSV quoting
+        pa, pb = a.passage(i), b.passage(i)
+        assert (pa.id, pa.title, pa.text) == (pb.id, pb.title, pb.text)
+    # the index holds what the context encoder gives for (title, text) pairs
+    ctx = TextEncoder.load(rag_bart_art, "context_encoder")
+    first = [a.passage(i) for i in range(8)]
+    want = ctx.encode(
+        [(d.title, d.text) if d.title else d.text for d in first], sort_by_length=False
+    )
+    np.testing.assert_allclose(a.embeddings(np.arange(8)), want, atol=1e-5)
+    a.check_encoder(TextEncoder.load(rag_bart_art, "question_encoder"))
+    a.check_encoder(TextEncoder.load(rag_bart_art, "question_encoder", precision="fp16"))
+
+
+def test_cli_search(rag_bart_art, rag_bart_index, capsys):
+    from ragrt.cli import main
+    from ragrt.encoders import TextEncoder
+
+    q = ["how do I parse command line arguments?", "sort a list in place"]
+    assert (
+        main(
+            [
+                "index",
+                "search",
+                str(rag_bart_index),
+                "--model",
+                str(rag_bart_art),
+                *q,
+                "-k",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["question"] for x in lines] == q and all(len(x["docs"]) == 3 for x in lines)
+    ix = PassageIndex.open(rag_bart_index)
+    qe = TextEncoder.load(rag_bart_art, "question_encoder").encode(q[:1])[0]
+    for d in lines[0]["docs"]:
+        assert set(d) == {"id", "title", "text", "score"}
+        assert d["score"] == pytest.approx(
+            float(qe @ ix.embeddings([ix.row_of(d["id"])])[0]), abs=1e-4
+        )
+    scores = [d["score"] for d in lines[0]["docs"]]
+    assert scores == sorted(scores, reverse=True)
+    assert (
+        main(
+            ["index", "search", str(rag_bart_index), "--model", str(rag_bart_art), q[0], "-k", "2"]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert text.startswith(f"question: {q[0]}") and "  1. [" in text and "  2. [" in text
+    assert (
+        main(
+            ["index", "search", str(rag_bart_index), "--model", str(rag_bart_art), q[0], "-k", "0"]
+        )
+        == 2
+    )
+    assert "k must be >= 1" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "index",
+                "search",
+                str(rag_bart_index),
+                "--model",
+                str(rag_bart_art),
+                q[0],
+                "-k",
+                "241",
+            ]
+        )
+        == 2
+    )
+    assert "larger than the corpus (240 passages)" in capsys.readouterr().err
+
+
+def test_index_refuses_another_model(rag_bart_index, minilm_art, capsys):
+    from ragrt import manifest as manifest_mod
+    from ragrt.cli import main
+
+    ix = PassageIndex.open(rag_bart_index)
+    with pytest.raises(ArtifactError, match="outputs 384-d"):
+        ix.check_encoder(manifest_mod.load(minilm_art, verify=False))
+    assert (
+        main(["index", "search", str(rag_bart_index), "--model", str(minilm_art), "a question"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("error: index") and "384-d" in err and "Traceback" not in err
