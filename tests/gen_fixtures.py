@@ -27,6 +27,9 @@ class GenFixture:
 
     @property
     def gcfg(self):
+        # RAG-Sequence decodes with the generator's own generate (and its generation config)
+        if self.rag_type == "sequence":
+            return self.model.generator.generation_config
         return self.model.generation_config
 
     def params(self, **kw) -> GenerationParams:

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - tests/ imported as a package
 torch = pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 
-from ragrt.generation import rag_token  # noqa: E402
+from ragrt.generation import rag_sequence, rag_token  # noqa: E402
 from ragrt.generation.search import beam_fill_value  # noqa: E402
 
 MAX_NEW = 11
@@ -156,3 +156,111 @@ def test_rag_token_greedy_streams_tokens(token_fixtures):
     for q, h in enumerate(hyps):
         streamed = [t[q] for _, t in seen if t[q] is not None]
         assert streamed == h[0].token_ids
+
+
+# -- RAG-Sequence ----------------------------------------------------------------------------
+def _reference_sequence(fx: GenFixture, ids, mask, scores, *, pass_mask: bool, **kw):
+    """``RagSequenceForGeneration.generate``'s loop, per question: (candidates[top], scores).
+
+    With ``pass_mask`` the per-doc ``generator.generate`` gets ``attention_mask=context_mask``
+    where 4.57 passes ``attention_mask=None`` (the quirk in RAG_REFERENCE.md). In 4.57
+    ``generate`` then infers the mask from pad ids (pad != eos for both fixtures), so both
+    variants attend to the same tokens; ragrt always uses the mask.
+    """
+    model, n_docs = fx.model, scores.shape[1]
+    nret = kw.pop("num_return_sequences")
+    ids_t, mask_t, scores_t = map(torch.from_numpy, (ids, mask, scores))
+    out = []
+    with torch.no_grad():
+        for i in range(scores.shape[0]):
+            ctx, ctx_mask = (
+                ids_t[i * n_docs : (i + 1) * n_docs],
+                mask_t[i * n_docs : (i + 1) * n_docs],
+            )
+            cands = model.generator.generate(
+                ctx,
+                attention_mask=ctx_mask if pass_mask else None,
+                num_return_sequences=kw["num_beams"],
+                **kw,
+            )
+            cands = torch.stack(list({str(k.tolist()): k for k in cands}.values()))
+            c = cands.shape[0]
+            res = model(
+                context_input_ids=ctx.repeat(c, 1),
+                context_attention_mask=ctx_mask.repeat(c, 1),
+                doc_scores=scores_t[i : i + 1].repeat(c, 1),
+                labels=cands,
+                exclude_bos_score=True,
+                n_docs=n_docs,
+            )
+            top = (-res["loss"]).topk(nret)[1]
+            out.append((cands[top].numpy(), (-res["loss"])[top].numpy()))
+    return out
+
+
+def _seq_params(fx, num_beams, n_docs):
+    return fx.params(
+        max_new_tokens=MAX_NEW,
+        min_new_tokens=2,
+        no_repeat_ngram_size=3,
+        num_beams=num_beams,
+        num_return_sequences=2 if num_beams > 1 else 1,
+        n_docs=n_docs,
+    )
+
+
+def _check_sequence(fx, ids, mask, scores, p, ref) -> None:
+    cands = rag_sequence.candidates(fx.generator, ids, mask, scores, p)
+    hyps = rag_sequence.generate(fx.generator, ids, mask, scores, p)
+    assert_diverse(np.concatenate([r[:, 1:] for r, _ in ref], axis=None)[None, :])
+    ties = 0
+    for c, (ref_ids, ref_scores), h in zip(cands, ref, hyps):
+        ties += assert_same_ranked(
+            c.ids[c.best], ref_ids, c.scores[c.best], ref_scores, len(ref_ids)
+        )
+        assert [x.token_ids for x in h] == [c.token_ids[i] for i in c.best]
+        for x, i in zip(h, c.best):  # generate() strips the decoder start and the fill
+            assert list(c.ids[i, 1 : 1 + len(x.token_ids)]) == x.token_ids
+    assert ties <= len(ref), f"{ties} tie-broken RAG-Sequence hypotheses"
+
+
+@pytest.mark.parametrize("family", ["bart", "t5"])
+@pytest.mark.parametrize("num_beams", [1, 4])
+@pytest.mark.parametrize("batch,n_docs", [(1, 5), (3, 2)])
+def test_rag_sequence_matches_reference_procedure(
+    sequence_fixtures, family, num_beams, batch, n_docs
+):
+    """Against the reference procedure with the context mask passed to the per-doc generate."""
+    fx = sequence_fixtures[family]
+    ids, mask, scores = random_contexts(fx, batch, n_docs, seed=100 + batch * 10 + n_docs)
+    p = _seq_params(fx, num_beams, n_docs)
+    ref = _reference_sequence(fx, ids, mask, scores, pass_mask=True, **_ref_kwargs(p))
+    _check_sequence(fx, ids, mask, scores, p, ref)
+
+
+@pytest.mark.parametrize("family", ["bart", "t5"])
+def test_rag_sequence_matches_transformers_generate(sequence_fixtures, family):
+    """``RagSequenceForGeneration.generate`` itself (``attention_mask=None`` inside, the mask
+    inferred from pad ids in 4.57) gives the same ids as the masked procedure and ragrt.
+
+    ``n_docs`` is the config's 5: 4.57's rescoring forward does not pass ``n_docs`` on."""
+    fx = sequence_fixtures[family]
+    n_docs = fx.model.config.n_docs
+    ids, mask, scores = random_contexts(fx, 2, n_docs, seed=5)
+    p = _seq_params(fx, 4, n_docs)
+    ref = _reference_sequence(fx, ids, mask, scores, pass_mask=False, **_ref_kwargs(p))
+    with torch.no_grad():
+        full = fx.model.generate(
+            context_input_ids=torch.from_numpy(ids),
+            context_attention_mask=torch.from_numpy(mask),
+            doc_scores=torch.from_numpy(scores),
+            n_docs=n_docs,
+            **_ref_kwargs(p),
+        ).numpy()
+    pad = fx.model.config.generator.pad_token_id
+    width = full.shape[1]
+    stacked = np.concatenate(
+        [np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=pad) for r, _ in ref]
+    )
+    np.testing.assert_array_equal(stacked, full)
+    _check_sequence(fx, ids, mask, scores, p, ref)

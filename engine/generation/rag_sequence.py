@@ -1,0 +1,140 @@
+"""RAG-Sequence "thorough" decoding (``RagSequenceForGeneration.generate``).
+
+For each question:
+
+1. generate on each of its ``n_docs`` contexts separately (beam search with
+   ``num_return_sequences = num_beams``, or greedy when ``num_beams == 1``); the candidates of
+   one question share one width, padded as transformers pads one ``generate`` call (greedy:
+   ``pad_token_id``; beam search: ``pad_token_id or eos_token_id``, so EOS for T5);
+2. drop duplicate candidates (``do_deduplication``, first occurrence kept);
+3. teacher-force every candidate against every doc with a full decoder pass and score it as
+   the reference's ``get_nll``: ``log_softmax(doc_scores)`` is added at the second position,
+   positions whose target is ``pad_token_id`` are masked, the first (BOS) position is skipped
+   when ``exclude_bos_score`` and every candidate starts with ``bos_token_id``, then
+   ``logsumexp`` over docs;
+4. return the ``num_return_sequences`` best candidates.
+
+The per-doc generation of all questions runs as one batch (beam search items are
+independent, see :func:`ragrt.generation.search.beam_search`); rescoring runs per question.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from ragrt.generation.params import GenerationParams
+from ragrt.generation.rag_token import check_inputs
+from ragrt.generation.search import (
+    F32,
+    OnToken,
+    TokenHypothesis,
+    beam_fill_value,
+    beam_search,
+    greedy,
+    log_softmax,
+    logsumexp,
+    topk,
+)
+
+
+@dataclass
+class SequenceCandidates:
+    """All candidates of one question: ``ids`` ``[C, T]`` (decoder start + tokens + fill)."""
+
+    ids: np.ndarray
+    token_ids: list[list[int]]
+    scores: np.ndarray  # [C] log p(y | x), marginalized over docs
+    best: np.ndarray  # indices of the returned candidates, best first
+
+
+def _pad_candidates(rows: list[list[int]], start: int, fill: int) -> np.ndarray:
+    width = 1 + max(len(r) for r in rows)
+    out = np.full((len(rows), width), fill, dtype=np.int64)
+    out[:, 0] = start
+    for i, r in enumerate(rows):
+        out[i, 1 : 1 + len(r)] = r
+    return out
+
+
+def sequence_log_likelihood(
+    lp: np.ndarray, cands: np.ndarray, doc_logprobs: np.ndarray, params: GenerationParams
+) -> np.ndarray:
+    """The reference's ``-get_nll(..., exclude_bos_score)`` for one question.
+
+    ``lp``: ``[C, n_docs, T, V]`` log-softmaxed teacher-forced logits of ``cands`` ``[C, T]``.
+    """
+    C, n_docs, T, _ = lp.shape
+    pad = params.pad_token_id
+    target = np.concatenate([cands[:, 1:], np.full((C, 1), pad, dtype=np.int64)], axis=1)
+    idx = np.broadcast_to(target[:, None, :, None], (C, n_docs, T, 1))
+    ll = np.take_along_axis(lp, idx, axis=-1)[..., 0]  # [C, n_docs, T]
+    if T > 1:
+        ll[:, :, 1] = ll[:, :, 1] + doc_logprobs[None, :]
+    ll = np.where((target == pad)[:, None, :], F32(0), ll)
+    use_bos = params.bos_token_id is not None and bool(np.all(target[:, 0] == params.bos_token_id))
+    per_doc = ll[:, :, 1:].sum(axis=2) if params.exclude_bos_score and use_bos else ll.sum(axis=2)
+    return logsumexp(per_doc.astype(F32), axis=1)
+
+
+def candidates(
+    generator,
+    context_ids: np.ndarray,
+    context_mask: np.ndarray,
+    doc_scores: np.ndarray,
+    config: GenerationParams,
+) -> list[SequenceCandidates]:
+    """Steps 1-3 of the module docstring for every question (the padded, scored candidates)."""
+    ids, mask, scores, batch, n_docs = check_inputs(context_ids, context_mask, doc_scores)
+    states = generator.encode(ids, mask)
+    K = config.num_beams
+    items = batch * n_docs
+    dec = generator.decoder_step(states, mask, np.repeat(np.arange(items), K))
+    if K == 1:
+        per_item = [[h] for h in greedy(dec, items, config)]
+        fill = config.pad_token_id
+    else:
+        per_item = beam_search(dec, items, config, num_return_sequences=K)
+        fill = beam_fill_value(config)
+    del dec
+    doc_lp = log_softmax(scores, axis=1)
+    out = []
+    for b in range(batch):
+        rows = [h.token_ids for d in range(n_docs) for h in per_item[b * n_docs + d]]
+        cands = _pad_candidates(rows, config.decoder_start_token_id, fill)
+        if config.do_deduplication:
+            seen: dict[tuple, int] = {}
+            for i, r in enumerate(map(tuple, cands.tolist())):
+                seen.setdefault(r, i)
+            keep = np.array(sorted(seen.values()))
+            cands, rows = cands[keep], [rows[i] for i in keep]
+        C, T = cands.shape
+        src = b * n_docs + np.tile(np.arange(n_docs), C)
+        logits = generator.teacher_forced_logits(
+            states, mask, src, np.repeat(cands, n_docs, axis=0)
+        )
+        lp = log_softmax(logits).reshape(C, n_docs, T, -1)
+        ll = sequence_log_likelihood(lp, cands, doc_lp[b], config)
+        best = topk(ll[None, :], min(config.num_return_sequences, C))[0]
+        out.append(SequenceCandidates(cands, rows, ll, best))
+    return out
+
+
+def generate(
+    generator,
+    context_ids: np.ndarray,
+    context_mask: np.ndarray,
+    doc_scores: np.ndarray,
+    config: GenerationParams,
+    on_token: OnToken | None = None,
+) -> list[list[TokenHypothesis]]:
+    """RAG-Sequence generation; per question, up to ``num_return_sequences`` hypotheses.
+
+    Scores are the marginal ``log p(y|x)`` the candidates were ranked by. ``on_token`` is
+    accepted for signature compatibility with :func:`ragrt.generation.rag_token.generate`
+    and never called: the answer is only known after rescoring.
+    """
+    return [
+        [TokenHypothesis(list(c.token_ids[i]), float(c.scores[i])) for i in c.best]
+        for c in candidates(generator, context_ids, context_mask, doc_scores, config)
+    ]
