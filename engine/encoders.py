@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from ragrt import manifest as manifest_mod
 from ragrt.errors import InputError
 from ragrt.manifest import ArtifactManifest, EncoderSpec

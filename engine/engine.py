@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from ragrt import manifest as manifest_mod
 from ragrt.encoders import TextEncoder
 from ragrt.errors import InputError, RagrtError

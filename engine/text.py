@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+
 from ragrt.errors import ArtifactError
 
 

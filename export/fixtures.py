@@ -224,6 +224,13 @@ def bart_generator(
     if tiny:
         with torch.no_grad():
             model.model.decoder.embed_positions.weight.mul_(position_scale)
+        # Without tying, the encoder/decoder token embeddings still share `shared`'s tensor;
+        # save_pretrained would store it once and a reload would re-initialise the others
+        # at random. Give each its own copy so the checkpoint reloads exactly.
+        for stack in (model.model.encoder, model.model.decoder):
+            stack.embed_tokens.weight = torch.nn.Parameter(
+                model.model.shared.weight.detach().clone()
+            )
     return model
 
 

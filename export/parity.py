@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from ragrt.export.sources import EncoderSource, GeneratorSource
 
 SAMPLE_QUESTIONS = [
@@ -108,6 +109,7 @@ def encoder_parity(
 ) -> list[ParityRow]:
     import onnxruntime as ort
     import torch
+
     from ragrt.export.onnx_export import pooled_encoder_module
 
     batch = src.tokenizer(

@@ -85,6 +85,18 @@ def _fast_tokenizer(path: Path, what: str):
     return tok
 
 
+def display_name(path: str | os.PathLike) -> str:
+    """A readable model name for a folder: ``org/name`` inside a Hugging Face cache, the
+    parent's name for a generic ``model`` folder, else the folder name."""
+    p = Path(path).resolve()
+    for part in p.parts:
+        if part.startswith("models--"):
+            return part[len("models--") :].replace("--", "/")
+    if p.name in ("model", "models", "weights") and p.parent.name:
+        return p.parent.name
+    return p.name
+
+
 def _encoder_input_names(model) -> list[str]:
     params = inspect.signature(model.forward).parameters
     names = ["input_ids", "attention_mask"]
@@ -171,7 +183,7 @@ def load_encoder(
     return EncoderSource(
         model=model,
         tokenizer=tok,
-        name=p.name,
+        name=display_name(p),
         family=model_type,
         pooling=pooling or default_pool,
         normalize=default_norm if normalize is None else normalize,
@@ -243,7 +255,7 @@ def load_generator(path: str | os.PathLike) -> tuple[GeneratorSource, Generation
             f"cannot load the generator from {p}: {str(e).splitlines()[0]}"
         ) from None
     tok = _fast_tokenizer(p, "generator")
-    src = GeneratorSource(model, tok, p.name, fam, cfg["model_type"])
+    src = GeneratorSource(model, tok, display_name(p), fam, cfg["model_type"])
     return src, _generation_defaults(model.generation_config, model.config)
 
 
@@ -278,7 +290,7 @@ def load_rag_checkpoint(
     q = EncoderSource(
         model=qmodel,
         tokenizer=qtok,
-        name=f"{p.name}/question_encoder",
+        name=f"{display_name(p)}/question_encoder",
         family=qmodel.config.model_type,
         pooling="pooler" if qmodel.config.model_type == "dpr" else "cls",
         normalize=False,
@@ -287,7 +299,7 @@ def load_rag_checkpoint(
         input_names=_encoder_input_names(qmodel),
     )
     gmodel = rag.generator
-    g = GeneratorSource(gmodel, toks.generator, f"{p.name}/generator", fam, gen_type)
+    g = GeneratorSource(gmodel, toks.generator, f"{display_name(p)}/generator", fam, gen_type)
     gen = _generation_defaults(rag.generation_config, gmodel.config, rag.config)
     gen.rag_type = rag_type
     return q, g, gen

@@ -89,3 +89,32 @@ def minilm_art(fixture_root, minilm_dir, t5_folders) -> Path:
         )
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def small_corpus(fixture_root) -> Path:
+    """The first 240 passages of the bundled demo corpus (real Python stdlib docs)."""
+    from importlib import resources
+
+    src = Path(str(resources.files("ragrt") / "demo" / "python_stdlib_docs.jsonl"))
+    out = fixture_root / "corpus-small.jsonl"
+    lines = src.read_text(encoding="utf-8").splitlines()[:240]
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def rag_bart_index(fixture_root, rag_bart_art, small_corpus) -> Path:
+    """INDEX_DIR over ``small_corpus`` embedded with the BART fixture's context encoder."""
+    from ragrt.index_build import BuildOptions, build_index
+
+    out = fixture_root / "index-rag-bart"
+    build_index(small_corpus, out, model=rag_bart_art, options=BuildOptions(progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def rag_engine(rag_bart_art, rag_bart_index):
+    from ragrt.engine import RagEngine
+
+    return RagEngine.load(rag_bart_art, rag_bart_index)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ragrt import manifest
 from ragrt.encoders import TextEncoder
 from ragrt.errors import ArtifactError, InputError, UnsupportedModelError
@@ -29,7 +30,10 @@ def test_fixture_generator_outputs_are_diverse(rag_bart_ckpt):
     import torch
     from transformers import RagTokenForGeneration, RagTokenizer
 
-    rag = RagTokenForGeneration.from_pretrained(rag_bart_ckpt["rag"])
+    rag, info = RagTokenForGeneration.from_pretrained(
+        rag_bart_ckpt["rag"], output_loading_info=True
+    )
+    assert not info["missing_keys"], "the fixture must reload exactly (no re-initialised weights)"
     tok = RagTokenizer.from_pretrained(rag_bart_ckpt["rag"]).generator
     texts = [
         "json / JSON encoder and decoder // what is json",
