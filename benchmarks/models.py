@@ -1,0 +1,265 @@
+"""Benchmark models: seeded RAG checkpoints at published sizes, their ragrt artifacts and index.
+
+Speed does not depend on weight values, but it does depend on every shape, so the generator
+uses the published BART configs *including the 50265-token vocabulary* (the LM head is a third
+of the bytes a BART-base decode step reads). The generator tokenizer is the fixtures' byte-level
+BPE trained offline on stdlib docstrings (about 5.6k tokens): ids above its vocabulary can be
+generated but decode to nothing, which only affects the answer text, never the timings or the
+token-id agreement.
+
+Everything is built once into a cache folder (default ``.cache/bench/``, gitignored) keyed by
+sizes and :data:`BUILD_VERSION`:
+
+    <cache>/<encoder>_<generator>_v<N>/
+        ckpt/        RAG-Token checkpoint (facebook/rag-token-nq layout)
+        ctx/         DPR context encoder (for the index)
+        art/         ragrt ART_DIR (fp32 + int8, + fp16 when asked)
+        index/       ragrt INDEX_DIR over the bundled stdlib-docs corpus
+        optimum/     config.json + links to art/'s fp32 generator graphs, for ORTModelForSeq2SeqLM
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# bump when the way checkpoints/artifacts are built changes (invalidates caches)
+BUILD_VERSION = 1
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = ROOT / ".cache" / "bench"
+CORPUS = ROOT / "engine" / "demo" / "python_stdlib_docs.jsonl"
+BART_PUBLISHED_VOCAB = 50265  # facebook/bart-base, facebook/bart-large, facebook/rag-token-nq
+TOKENIZER_VOCAB = 50265  # asked of the BPE trainer; the docstring corpus yields ~5.6k
+# BART's published init (std 0.02, tied embeddings) decodes token 0 forever whatever the input,
+# which would make token agreement vacuous; at std 0.2 answers depend on the question.
+GENERATOR_INIT_STD = 0.2
+
+
+@dataclass
+class BenchModel:
+    """Paths of one prepared benchmark model."""
+
+    encoder_size: str
+    generator_size: str
+    root: Path
+    ckpt: Path
+    ctx: Path
+    art: Path
+    index: Path
+    optimum: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.encoder_size}+{self.generator_size}"
+
+
+def _quiet() -> None:
+    warnings.simplefilter("ignore")
+    for name in ("transformers", "optimum", "torch", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from optimum.utils import logging as optimum_logging
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        optimum_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_checkpoint(
+    out: Path, encoder_size: str, generator_size: str, seed: int = 0
+) -> tuple[Path, Path]:
+    """A RAG-Token checkpoint (DPR + BART) at published sizes, plus a DPR context encoder.
+
+    Like :func:`ragrt.export.fixtures.build_rag_checkpoint`, but with BART's published
+    vocabulary size and a larger init scale (:data:`GENERATOR_INIT_STD`) for the real sizes,
+    and with every weight written to disk: the tiny
+    fixture unties input/output embeddings, and transformers then drops the encoder/decoder
+    ``embed_tokens`` at save time and re-initialises them *randomly* at every load, so two
+    loads of the same checkpoint would disagree. Here the loaded model is re-saved with those
+    tensors materialised, and two loads are checked to be equal.
+    """
+    import torch
+    from transformers import RagConfig, RagTokenForGeneration, RagTokenizer
+
+    from ragrt.export import fixtures as fx
+
+    _quiet()
+    ckpt, ctx = out / "ckpt", out / "ctx"
+    qtok = fx.bert_tokenizer()
+    qenc = fx.dpr_question_encoder(encoder_size, seed)
+    gtok = fx.bart_tokenizer(TOKENIZER_VOCAB if generator_size != "bart-tiny" else 1000)
+    vocab = len(gtok) if generator_size == "bart-tiny" else BART_PUBLISHED_VOCAB
+    gen = fx.bart_generator(vocab, generator_size, seed)
+    if generator_size != "bart-tiny":
+        torch.manual_seed(seed)
+        gen.config.init_std = GENERATOR_INIT_STD
+        gen.apply(gen._init_weights)
+        gen.tie_weights()
+    g = gen.config
+    cfg = RagConfig.from_question_encoder_generator_configs(
+        qenc.config,
+        g,
+        n_docs=5,
+        max_combined_length=300,
+        retrieval_vector_size=qenc.config.hidden_size,
+        title_sep=" / ",
+        doc_sep=" // ",
+        do_deduplication=True,
+        exclude_bos_score=False,
+        bos_token_id=g.bos_token_id,
+        pad_token_id=g.pad_token_id,
+        eos_token_id=g.eos_token_id,
+        decoder_start_token_id=g.decoder_start_token_id,
+        forced_eos_token_id=g.forced_eos_token_id,
+    )
+    model = RagTokenForGeneration(config=cfg, question_encoder=qenc, generator=gen).eval()
+    model.save_pretrained(ckpt)
+    RagTokenizer(question_encoder=qtok, generator=gtok).save_pretrained(ckpt)
+    fx.save_encoder(fx.dpr_context_encoder(encoder_size, seed + 1), qtok, ctx)
+    del model, gen, qenc
+
+    # materialise weights that a load would otherwise re-initialise at random
+    torch.manual_seed(seed)
+    m = RagTokenForGeneration.from_pretrained(ckpt).eval()
+    bart = m.rag.generator.model
+    with torch.no_grad():
+        for emb in (bart.encoder.embed_tokens, bart.decoder.embed_tokens):
+            if emb.weight.data_ptr() != bart.shared.weight.data_ptr():
+                emb.weight = torch.nn.Parameter(bart.shared.weight.detach().clone())
+    m.save_pretrained(ckpt)
+    a = RagTokenForGeneration.from_pretrained(ckpt).state_dict()
+    b = RagTokenForGeneration.from_pretrained(ckpt).state_dict()
+    bad = [k for k in a if not torch.equal(a[k], b[k])]
+    if bad:
+        raise RuntimeError(f"checkpoint {ckpt} loads differently twice: {bad[:4]}")
+    return ckpt, ctx
+
+
+def _optimum_dir(art: Path, ckpt: Path, out: Path) -> Path:
+    """A folder ORTModelForSeq2SeqLM opens: the generator config + ragrt's own fp32 graphs."""
+    from ragrt import manifest as manifest_mod
+
+    m = manifest_mod.load(art, verify=False)
+    files = m.generator.onnx["fp32"]
+    out.mkdir(parents=True, exist_ok=True)
+    gcfg = json.loads((ckpt / "config.json").read_text())["generator"]
+    (out / "config.json").write_text(json.dumps(gcfg, indent=1))
+    for rel in list(files.values()):
+        src = art / rel
+        for p in [src, src.with_name(src.name + "_data")]:
+            if p.exists() and not (out / p.name).exists():
+                os.symlink(os.path.relpath(p, out), out / p.name)
+    return out
+
+
+def prepare(
+    encoder_size: str = "bert-base",
+    generator_size: str = "bart-base",
+    precisions: tuple[str, ...] = ("fp32", "int8"),
+    cache: Path | None = None,
+    progress=print,
+) -> BenchModel:
+    """Build (or reuse) checkpoint, ART_DIR, index and optimum folder for one size.
+
+    A build happens in a temporary sibling folder renamed into place when complete (marked by
+    ``READY``), so an interrupted build or a concurrent reader never sees half a model.
+    """
+    _quiet()
+    cache = Path(cache or DEFAULT_CACHE)
+    root = cache / f"{encoder_size}_{generator_size}_v{BUILD_VERSION}"
+    want = {"fp32", *precisions}
+    have = _ready(root)
+    if have is None or not want <= have:
+        want |= have or set()
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{root.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if have is not None:  # keep the checkpoint, re-export with more precisions
+                shutil.copytree(root / "ckpt", tmp / "ckpt", symlinks=True)
+                shutil.copytree(root / "ctx", tmp / "ctx", symlinks=True)
+            _build(tmp, encoder_size, generator_size, want, progress)
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(tmp, root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return _paths(root, encoder_size, generator_size)
+
+
+def _paths(root: Path, encoder_size: str, generator_size: str) -> BenchModel:
+    return BenchModel(
+        encoder_size,
+        generator_size,
+        root,
+        root / "ckpt",
+        root / "ctx",
+        root / "art",
+        root / "index",
+        root / "optimum",
+    )
+
+
+def _ready(root: Path) -> set[str] | None:
+    try:
+        return set(json.loads((root / "READY").read_text())["precisions"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _build(
+    root: Path, encoder_size: str, generator_size: str, precisions: set[str], progress
+) -> None:
+    bm = _paths(root, encoder_size, generator_size)
+    name = f"{encoder_size}+{generator_size}"
+    if not (bm.ckpt / "config.json").exists():
+        t = time.perf_counter()
+        progress(f"building checkpoint {name} (seeded random weights) ...")
+        build_checkpoint(root, encoder_size, generator_size)
+        progress(f"  checkpoint built in {time.perf_counter() - t:.0f} s")
+    from ragrt.export import ExportOptions, export_artifacts
+
+    order = ["fp32", "fp16", "int8"]
+    precs = sorted(precisions, key=lambda p: order.index(p) if p in order else 9)
+    t = time.perf_counter()
+    progress(f"exporting {name} to ONNX ({', '.join(precs)}) ...")
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger
+    try:
+        export_artifacts(
+            ExportOptions(
+                out=bm.art,
+                rag_dir=bm.ckpt,
+                context_encoder=bm.ctx,
+                precisions=precs,
+                parity=False,
+                progress=False,
+                overwrite=True,
+            )
+        )
+    finally:
+        root_logger.setLevel(level)
+    progress(f"  exported in {time.perf_counter() - t:.0f} s")
+    from ragrt.index_build import BuildOptions, build_index
+
+    t = time.perf_counter()
+    progress(f"indexing the bundled corpus with {name}'s context encoder ...")
+    build_index(CORPUS, bm.index, model=bm.art, options=BuildOptions(progress=False))
+    progress(f"  indexed in {time.perf_counter() - t:.0f} s")
+    _optimum_dir(bm.art, bm.ckpt, bm.optimum)
+    (root / "READY").write_text(json.dumps({"precisions": precs, "version": BUILD_VERSION}))

@@ -1,0 +1,192 @@
+"""``ragrt bench``: a smoke run on the smallest fixture so the harness never rots, plus the
+pure pieces (plan, statistics, agreement, roofline bytes) on hand-made inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("optimum.onnxruntime")
+pytest.importorskip("matplotlib")
+
+from ragrt.benchmarks import harness, roofline  # noqa: E402
+from ragrt.benchmarks.systems import STAGES, Workload  # noqa: E402
+from ragrt.cli import main  # noqa: E402
+
+SMOKE_SYSTEMS = {"reference", "optimum", "optimum-longest", "ragrt-fp32", "ragrt-int8"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench_out")
+    cache = tmp_path_factory.mktemp("bench_cache")
+    rc = main(["bench", "--smoke", "--out", str(out), "--cache", str(cache)])
+    assert rc == 0
+    return {"out": out, "result": json.loads((out / "bench_cpu.json").read_text())}
+
+
+def test_smoke_json_has_every_system_and_field(smoke):
+    r = smoke["result"]
+    assert r["schema"] == harness.SCHEMA
+    for key in ("machine", "versions", "settings", "load", "bandwidth", "models", "runs"):
+        assert key in r, key
+    assert r["machine"]["usable_cpus"] >= 1
+    assert r["versions"]["onnxruntime"] and r["versions"]["transformers"]
+    assert r["load"]["start"]["loadavg_1_5_15"]
+    head = [x for x in r["runs"] if "headline" in x["groups"]]
+    assert {x["system"] for x in head} == SMOKE_SYSTEMS
+    for run in head:
+        assert run["samples"], run["system"]
+        for sample in run["samples"]:
+            assert sample["latency_s"] > 0
+            for stage in STAGES + ("generator", "decode_loop", "decode_steps"):
+                assert stage in sample["stages"], (run["system"], stage)
+            assert sample["stages"]["decode_steps"] == run["workload"]["new_tokens"]
+            assert sample["peak_rss_mib"] is None or sample["peak_rss_mib"] > 0
+        st = run["stats"]
+        for key in ("p50", "p90", "p99", "tokens_per_s", "questions_per_s", "generator_p50"):
+            assert st[key] > 0, (run["system"], key)
+        assert 0 <= st["overhead_fraction"] <= 1
+        assert "speedup_vs_reference" in run
+    # every sweep kind ran
+    groups = {g for x in r["runs"] for g in x["groups"]}
+    assert {"headline", "batch", "n_docs", "num_beams", "new_tokens"} <= groups
+
+
+def test_smoke_agreement_with_reference(smoke):
+    r = smoke["result"]
+    ag = {
+        (a["system"], a["workload"]["batch"]): a
+        for a in r["agreement"]
+        if a["workload"] == r["settings"]["headline"]
+    }
+    assert {s for s, _ in ag} == SMOKE_SYSTEMS - {"reference"}
+    for (_system, _), a in ag.items():
+        for key in ("identical_sequences", "token_agreement", "same_docs", "max_abs_score_diff"):
+            assert a[key] is not None
+        assert a["baseline"] == "reference"
+    # fp32 paths compute the same thing as the reference: identical tokens and docs
+    for system in ("optimum", "optimum-longest", "ragrt-fp32"):
+        a = ag[(system, 1)]
+        assert a["identical_sequences"] == 1.0, a
+        assert a["same_docs"] == 1.0, a
+        assert a["max_abs_score_diff"] < 1e-3, a
+
+
+def test_smoke_outputs_written(smoke):
+    out = smoke["out"]
+    r = smoke["result"]
+    for name in ("latency", "throughput", "stages", "roofline", "sweeps"):
+        png = out / f"bench_cpu_{name}.png"
+        assert png.is_file() and png.stat().st_size > 1000, name
+    summary = (out / "SUMMARY.md").read_text()
+    assert "## Targets" in summary and "ragrt-fp32" in summary and r["machine"]["cpu"] in summary
+    assert r["roofline"] and all(p["floor_ms"] > 0 for p in r["roofline"])
+    assert {t["target"].split(" ")[1] for t in r["targets"]} >= {"fp32", "int8"}
+
+
+def test_report_regenerates_from_json(smoke, tmp_path):
+    from ragrt.benchmarks import report
+
+    src = tmp_path / "bench_cpu.json"
+    src.write_text((smoke["out"] / "bench_cpu.json").read_text())
+    assert report.main([str(src)]) == 0
+    assert (tmp_path / "SUMMARY.md").is_file() and (tmp_path / "bench_cpu_latency.png").is_file()
+
+
+def test_cuda_is_refused_cleanly_without_a_gpu(capsys):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    rc = main(["bench", "--device", "cuda", "--sizes", "bart-tiny", "--out", "/nonexistent"])
+    assert rc == 2
+    assert "CUDA" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_input_errors(capsys):
+    assert main(["bench", "--sizes", "bart-huge"]) == 2
+    assert "unknown size" in capsys.readouterr().err
+    assert main(["bench", "--systems", "vllm"]) == 2
+    assert "unknown system" in capsys.readouterr().err
+    assert main(["bench", "--systems", "ragrt-int8", "--device", "cuda", "--tensorrt"]) == 2
+
+
+def test_plan_dedups_and_covers_sweeps():
+    s = harness.Settings(sizes=["bart-base", "bart-large"])
+    systems = list(harness.DEFAULT_SYSTEMS_CPU)
+    plan = harness.build_plan(s, systems)
+    keys = [(e.size, e.workload) for e in plan]
+    assert len(keys) == len(set(keys))
+    head = Workload(1, 5, 1, 32)
+    first = next(e for e in plan if e.size == "bart-base" and e.workload == head)
+    assert set(first.groups) == {"headline", "batch", "n_docs", "num_beams", "new_tokens"}
+    assert first.systems == systems
+    large = [e for e in plan if e.size == "bart-large"]
+    assert [e.groups for e in large] == [["headline"]]
+    b16 = next(e for e in plan if e.workload.batch == 16)
+    assert b16.systems == systems  # batch sweep: every system by default
+    beams = next(e for e in plan if e.workload.num_beams == 4)
+    assert beams.systems == ["ragrt-fp32", "ragrt-int8"]
+
+
+def test_question_batches_cycle():
+    b = harness.question_batches(Workload(batch=16), 8)
+    assert len(b) == 1 and len(b[0]) == 16
+    b = harness.question_batches(Workload(batch=1), 3)
+    assert [len(x) for x in b] == [1, 1, 1] and len({x[0] for x in b}) == 3
+
+
+def test_agreement_and_percentiles():
+    base = [([[1, 2, 3], [4, 5]], [["a", "b"], ["c", "d"]], [-1.0, -2.0])]
+    other = [([[1, 2, 3], [4, 6]], [["a", "b"], ["d", "c"]], [-1.0, -2.5])]
+    a = harness.agreement(base, other)
+    assert a["identical_sequences"] == 0.5
+    assert a["token_agreement"] == pytest.approx(4 / 5)
+    assert a["same_docs"] == 0.5
+    assert a["max_abs_score_diff"] == pytest.approx(0.5)
+    p = harness.percentiles([1.0, 2.0, 3.0, 4.0])
+    assert p["p50"] == 2.5 and p["n"] == 4 and p["min"] == 1.0
+
+
+def test_step_bytes_counts_weights_caches_and_logits():
+    gen = {"decoder_layers": 6, "d_model": 768, "vocab_size": 50265}
+    b = roofline.step_bytes(100_000_000, gen, rows=5, context_len=300, new_tokens=32)
+    per_pos = 5 * 6 * 2 * 768 * 4
+    assert b["cross_kv"] == per_pos * 300
+    assert b["self_kv"] == per_pos * 16 * 3
+    assert b["logits"] == 5 * 50265 * 4
+    assert b["total"] == pytest.approx(
+        sum(b[k] for k in ("weights", "self_kv", "cross_kv", "logits"))
+    )
+
+
+def test_graph_weight_bytes_separates_gathered_tables(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    emb = numpy_helper.from_array(np.zeros((100, 8), np.float32), "emb")
+    w = numpy_helper.from_array(np.zeros((8, 4), np.float32), "w")
+    q = numpy_helper.from_array(np.zeros((8, 4), np.int8), "q")
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["h"]),
+        helper.make_node("MatMul", ["h", "w"], ["y"]),
+        helper.make_node("Identity", ["q"], ["z"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("z", TensorProto.INT8, [8, 4]),
+        ],
+        initializer=[emb, w, q],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g), str(path))
+    got = roofline.graph_weight_bytes(path)
+    assert got == {"streamed": 8 * 4 * 4 + 8 * 4, "gathered": 100 * 8 * 4}
