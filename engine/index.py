@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
 from ragrt.errors import ArtifactError, DeviceError, InputError
 from ragrt.manifest import sha256_file
 from ragrt.passages import PassageStore

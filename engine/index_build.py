@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ragrt.errors import InputError
 from ragrt.index import (
     EMB_FILES,

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from ragrt.errors import ArtifactError, InputError
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
 from ragrt.errors import ArtifactError, DeviceError, InputError
 from ragrt.index import (
     INDEX_FILE,
@@ -28,7 +29,6 @@ from ragrt.index import (
     with_flat_coarse_quantizer,
 )
 from ragrt.index_build import BuildOptions, build_index, exact_topk
-
 from tests.index_helpers import exact_top, recall, write_corpus
 
 faiss = pytest.importorskip("faiss")

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from ragrt.errors import ArtifactError, InputError
 from ragrt.passages import (
     DATA_FILE,
