@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from ragrt.errors import ArtifactError, InputError
 from ragrt.sessions import SessionOptions, open_session
 
@@ -294,6 +295,7 @@ class RowGather:
 
     def __init__(self, count: int, rank: int, dtype: Any, opts: SessionOptions):
         import onnxruntime as ort
+
         from ragrt.sessions import providers_for
 
         elem = 10 if np.dtype(dtype) == np.float16 else 1

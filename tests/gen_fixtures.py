@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ragrt.generation import GenerationParams
 
 
@@ -48,10 +49,11 @@ class GenFixture:
 
 def build_fixture(root: Path, family: str, rag_type: str = "token") -> GenFixture:
     from optimum.exporters.onnx import onnx_export_from_model
+    from transformers import RagSequenceForGeneration, RagTokenForGeneration
+
     from ragrt.export.fixtures import build_rag_checkpoint
     from ragrt.generator import Seq2SeqGenerator
     from ragrt.sessions import SessionOptions
-    from transformers import RagSequenceForGeneration, RagTokenForGeneration
 
     ckpt = build_rag_checkpoint(
         root / f"ckpt_{family}_{rag_type}", generator=family, rag_type=rag_type
@@ -72,6 +74,18 @@ def build_fixture(root: Path, family: str, rag_type: str = "token") -> GenFixtur
         SessionOptions(intra_op_threads=1),
     )
     return GenFixture(family, rag_type, ckpt, onnx_dir, model, gen)
+
+
+def as_sequence_fixture(fx: GenFixture) -> GenFixture:
+    """The same checkpoint and ONNX generator, loaded as ``RagSequenceForGeneration``.
+
+    A RAG checkpoint's weights do not depend on its class (``rag.*`` either way), so this
+    saves a second build + export.
+    """
+    from transformers import RagSequenceForGeneration
+
+    model = RagSequenceForGeneration.from_pretrained(fx.ckpt).eval()
+    return GenFixture(fx.family, "sequence", fx.ckpt, fx.onnx_dir, model, fx.generator)
 
 
 def random_contexts(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ragrt.contexts import (
     build_contexts,
     build_generator_inputs,

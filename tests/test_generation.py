@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ragrt.errors import InputError
 from ragrt.generation import GenerationParams
 from ragrt.generation.processors import (

@@ -14,6 +14,7 @@ import pytest
 try:  # tests/ is on sys.path under pytest's default (prepend) import mode
     from gen_fixtures import (
         GenFixture,
+        as_sequence_fixture,
         assert_diverse,
         assert_same_ranked,
         build_fixture,
@@ -23,6 +24,7 @@ try:  # tests/ is on sys.path under pytest's default (prepend) import mode
 except ImportError:  # pragma: no cover - tests/ imported as a package
     from tests.gen_fixtures import (
         GenFixture,
+        as_sequence_fixture,
         assert_diverse,
         assert_same_ranked,
         build_fixture,
@@ -39,6 +41,16 @@ from ragrt.generation.search import beam_fill_value  # noqa: E402
 MAX_NEW = 11
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The reference runs single-threaded: on 2 shared cores torch's spinning workers only
+    slow it down (restored after each test)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def gen_root(tmp_path_factory):
     return tmp_path_factory.mktemp("gen_parity")
@@ -50,8 +62,8 @@ def token_fixtures(gen_root) -> dict[str, GenFixture]:
 
 
 @pytest.fixture(scope="session")
-def sequence_fixtures(gen_root) -> dict[str, GenFixture]:
-    return {fam: build_fixture(gen_root, fam, "sequence") for fam in ("bart", "t5")}
+def sequence_fixtures(token_fixtures) -> dict[str, GenFixture]:
+    return {fam: as_sequence_fixture(fx) for fam, fx in token_fixtures.items()}
 
 
 def _reference_token(
@@ -240,15 +252,16 @@ def test_rag_sequence_matches_reference_procedure(
 
 @pytest.mark.parametrize("family", ["bart", "t5"])
 def test_rag_sequence_matches_transformers_generate(sequence_fixtures, family):
-    """``RagSequenceForGeneration.generate`` itself (``attention_mask=None`` inside, the mask
-    inferred from pad ids in 4.57) gives the same ids as the masked procedure and ragrt.
+    """``RagSequenceForGeneration.generate`` itself: it passes ``attention_mask=None`` to the
+    per-doc generate, and 4.57 then infers the mask from pad ids (pad != eos here), so ragrt's
+    masked decoding gives the same ids.
 
-    ``n_docs`` is the config's 5: 4.57's rescoring forward does not pass ``n_docs`` on."""
+    ``n_docs`` is the config's 5: 4.57's rescoring forward does not pass ``n_docs`` on.
+    """
     fx = sequence_fixtures[family]
     n_docs = fx.model.config.n_docs
-    ids, mask, scores = random_contexts(fx, 2, n_docs, seed=5)
+    ids, mask, scores = random_contexts(fx, 1, n_docs, seed=5)
     p = _seq_params(fx, 4, n_docs)
-    ref = _reference_sequence(fx, ids, mask, scores, pass_mask=False, **_ref_kwargs(p))
     with torch.no_grad():
         full = fx.model.generate(
             context_input_ids=torch.from_numpy(ids),
@@ -257,10 +270,6 @@ def test_rag_sequence_matches_transformers_generate(sequence_fixtures, family):
             n_docs=n_docs,
             **_ref_kwargs(p),
         ).numpy()
-    pad = fx.model.config.generator.pad_token_id
-    width = full.shape[1]
-    stacked = np.concatenate(
-        [np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=pad) for r, _ in ref]
-    )
-    np.testing.assert_array_equal(stacked, full)
-    _check_sequence(fx, ids, mask, scores, p, ref)
+    assert_diverse(full)
+    (c,) = rag_sequence.candidates(fx.generator, ids, mask, scores, p)
+    np.testing.assert_array_equal(c.ids[c.best], full)

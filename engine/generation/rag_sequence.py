@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from ragrt.generation.params import GenerationParams
 from ragrt.generation.rag_token import check_inputs
 from ragrt.generation.search import (

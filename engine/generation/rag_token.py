@@ -14,6 +14,7 @@ whole groups of ``n_docs`` cache rows (the reference's ``_reorder_cache``).
 from __future__ import annotations
 
 import numpy as np
+
 from ragrt.errors import InputError
 from ragrt.generation.params import GenerationParams
 from ragrt.generation.search import (

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
 from ragrt.generation.params import GenerationParams
 from ragrt.generation.processors import ProcessorList, build_processors
 
