@@ -91,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=True,
             )
         )
-        print(res.parity.table() if res.parity else "")
+        if res.parity:
+            print(res.parity.table())
+            print(
+                "(the fixture generator's random weights are scaled up so that its outputs vary;\n"
+                " that amplifies int8 rounding, hence its reduced-precision rows - see README)"
+            )
     else:
         print(f"[1/3] reusing {art}")
     if not (index / "manifest.json").exists():
