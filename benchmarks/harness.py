@@ -497,6 +497,9 @@ class Bench:
         self.log(f"measuring memory bandwidth ({s.bandwidth_mib} MiB arrays) ...")
         bw = roofline.measure_bandwidth(s.bandwidth_mib, threads=threads)
         bw["matmul_gflops"] = roofline.measure_matmul_gflops(512 if s.smoke else 1024)
+        if s.device != "cpu":  # the decode step streams GPU memory: that is its roofline
+            bw["host"] = dict(bw)
+            bw.update(roofline.measure_gpu_bandwidth())
         result["bandwidth"] = bw
         self.log(
             f"  read {bw['read_gbps']:.1f} GB/s, gemv {bw['gemv_gbps']:.1f} GB/s, copy "
@@ -579,6 +582,7 @@ class Bench:
                 "rss_increase": (after - before) if (after and before) else None,
                 "load_s": time.perf_counter() - t0,
             }
+            info.setdefault("systems", {})[name] = getattr(loaded[name], "info", {})
         return loaded
 
     def _run_entry(self, e: Entry, loaded: dict[str, Any], bm: Any) -> list[dict[str, Any]]:

@@ -14,7 +14,8 @@ sizes and :data:`BUILD_VERSION`:
         ckpt/        RAG-Token checkpoint (facebook/rag-token-nq layout)
         ctx/         DPR context encoder (for the index)
         art/         ragrt ART_DIR (fp32 + int8, + fp16 when asked)
-        index/       ragrt INDEX_DIR over the bundled stdlib-docs corpus
+        corpus.jsonl the bundled stdlib-docs corpus re-cut into 100-word passages (as DPR's)
+        index/       ragrt INDEX_DIR over corpus.jsonl
         optimum/     config.json + links to art/'s fp32 generator graphs, for ORTModelForSeq2SeqLM
 """
 
@@ -36,6 +37,7 @@ BUILD_VERSION = 1
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / ".cache" / "bench"
 CORPUS = ROOT / "engine" / "demo" / "python_stdlib_docs.jsonl"
+WORDS_PER_PASSAGE = 100  # DPR's Wikipedia passages
 BART_PUBLISHED_VOCAB = 50265  # facebook/bart-base, facebook/bart-large, facebook/rag-token-nq
 TOKENIZER_VOCAB = 50265  # asked of the BPE trainer; the docstring corpus yields ~5.6k
 # BART's published init (std 0.02, tied embeddings) decodes token 0 forever whatever the input,
@@ -165,6 +167,37 @@ def _optimum_dir(art: Path, ckpt: Path, out: Path) -> Path:
     return out
 
 
+def bench_corpus(out: Path, words: int = WORDS_PER_PASSAGE) -> Path:
+    """The bundled stdlib-docs corpus re-cut DPR-style into passages of exactly ``words`` words.
+
+    RAG's passages are 100-word chunks of Wikipedia; the bundled corpus has one (shorter,
+    varying) passage per docstring. Contexts' lengths drive the generator's cost, so the
+    benchmark re-cuts the same text in file order into ``words``-word windows (the last one
+    shorter), each titled by the docstring it starts in.
+    """
+    chunks: list[tuple[str, list[str]]] = []
+    cur: list[str] = []
+    title = ""
+    with open(CORPUS, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            for w in row["text"].split():
+                if not cur:
+                    title = row["title"]
+                cur.append(w)
+                if len(cur) == words:
+                    chunks.append((title, cur))
+                    cur = []
+    if cur:
+        chunks.append((title, cur))
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i, (t, ws) in enumerate(chunks):
+            f.write(json.dumps({"id": f"p{i}", "title": t, "text": " ".join(ws)}) + "\n")
+    os.replace(tmp, out)
+    return out
+
+
 def prepare(
     encoder_size: str = "bert-base",
     generator_size: str = "bart-base",
@@ -174,31 +207,60 @@ def prepare(
 ) -> BenchModel:
     """Build (or reuse) checkpoint, ART_DIR, index and optimum folder for one size.
 
-    A build happens in a temporary sibling folder renamed into place when complete (marked by
-    ``READY``), so an interrupted build or a concurrent reader never sees half a model.
+    Each step is skipped when its output is complete (the export and the index build publish
+    atomically themselves; the checkpoint is built in a temporary folder and renamed). A
+    finished model is marked ``READY`` (with its precisions); adding a precision re-exports.
+    Two processes should not build the same size at the same time.
     """
     _quiet()
     cache = Path(cache or DEFAULT_CACHE)
     root = cache / f"{encoder_size}_{generator_size}_v{BUILD_VERSION}"
+    bm = _paths(root, encoder_size, generator_size)
     want = {"fp32", *precisions}
     have = _ready(root)
-    if have is None or not want <= have:
-        want |= have or set()
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".{root.name}.tmp-{os.getpid()}"
+    if have is not None and want <= have:
+        return bm
+    root.mkdir(parents=True, exist_ok=True)
+    name = bm.name
+    if not (bm.ckpt / "config.json").exists() or not (bm.ctx / "config.json").exists():
+        t = time.perf_counter()
+        progress(f"building checkpoint {name} (seeded random weights) ...")
+        tmp = root / f".build-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            if have is not None:  # keep the checkpoint, re-export with more precisions
-                shutil.copytree(root / "ckpt", tmp / "ckpt", symlinks=True)
-                shutil.copytree(root / "ctx", tmp / "ctx", symlinks=True)
-            _build(tmp, encoder_size, generator_size, want, progress)
-            if root.exists():
-                shutil.rmtree(root)
-            os.replace(tmp, root)
-        except BaseException:
+            build_checkpoint(tmp, encoder_size, generator_size)
+            for part in ("ckpt", "ctx"):
+                shutil.rmtree(root / part, ignore_errors=True)
+                os.replace(tmp / part, root / part)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return _paths(root, encoder_size, generator_size)
+        shutil.rmtree(bm.art, ignore_errors=True)
+        progress(f"  checkpoint built in {time.perf_counter() - t:.0f} s")
+    exported = _art_precisions(bm.art)
+    if not want <= exported:
+        _export(bm, want | exported, progress)
+        shutil.rmtree(bm.index, ignore_errors=True)
+        shutil.rmtree(bm.optimum, ignore_errors=True)
+    if _index_source(bm.index) != str((root / "corpus.jsonl").resolve()):
+        from ragrt.index_build import BuildOptions, build_index
+
+        shutil.rmtree(bm.index, ignore_errors=True)
+
+        t = time.perf_counter()
+        corpus = bench_corpus((root / "corpus.jsonl").resolve())
+        progress(f"indexing {corpus.name} with {name}'s context encoder ...")
+        build_index(corpus, bm.index, model=bm.art, options=BuildOptions(progress=False))
+        progress(f"  indexed in {time.perf_counter() - t:.0f} s")
+    if not (bm.optimum / "config.json").exists():
+        _optimum_dir(bm.art, bm.ckpt, bm.optimum)
+    precs = sorted(_art_precisions(bm.art), key=_prec_key)
+    (root / "READY").write_text(json.dumps({"precisions": precs, "version": BUILD_VERSION}))
+    return bm
+
+
+def _prec_key(p: str) -> int:
+    order = ["fp32", "fp16", "int8"]
+    return order.index(p) if p in order else 9
 
 
 def _paths(root: Path, encoder_size: str, generator_size: str) -> BenchModel:
@@ -221,22 +283,28 @@ def _ready(root: Path) -> set[str] | None:
         return None
 
 
-def _build(
-    root: Path, encoder_size: str, generator_size: str, precisions: set[str], progress
-) -> None:
-    bm = _paths(root, encoder_size, generator_size)
-    name = f"{encoder_size}+{generator_size}"
-    if not (bm.ckpt / "config.json").exists():
-        t = time.perf_counter()
-        progress(f"building checkpoint {name} (seeded random weights) ...")
-        build_checkpoint(root, encoder_size, generator_size)
-        progress(f"  checkpoint built in {time.perf_counter() - t:.0f} s")
+def _index_source(index: Path) -> str | None:
+    try:
+        src = json.loads((index / "manifest.json").read_text())["source"]["passages"]
+        return str(Path(src).resolve())
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _art_precisions(art: Path) -> set[str]:
+    try:
+        data = json.loads((art / "manifest.json").read_text())
+        return set(data["generator"]["onnx"])
+    except (OSError, KeyError, ValueError):
+        return set()
+
+
+def _export(bm: BenchModel, precisions: set[str], progress) -> None:
     from ragrt.export import ExportOptions, export_artifacts
 
-    order = ["fp32", "fp16", "int8"]
-    precs = sorted(precisions, key=lambda p: order.index(p) if p in order else 9)
+    precs = sorted(precisions, key=_prec_key)
     t = time.perf_counter()
-    progress(f"exporting {name} to ONNX ({', '.join(precs)}) ...")
+    progress(f"exporting {bm.name} to ONNX ({', '.join(precs)}) ...")
     root_logger = logging.getLogger()
     level = root_logger.level
     root_logger.setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger
@@ -255,11 +323,3 @@ def _build(
     finally:
         root_logger.setLevel(level)
     progress(f"  exported in {time.perf_counter() - t:.0f} s")
-    from ragrt.index_build import BuildOptions, build_index
-
-    t = time.perf_counter()
-    progress(f"indexing the bundled corpus with {name}'s context encoder ...")
-    build_index(CORPUS, bm.index, model=bm.art, options=BuildOptions(progress=False))
-    progress(f"  indexed in {time.perf_counter() - t:.0f} s")
-    _optimum_dir(bm.art, bm.ckpt, bm.optimum)
-    (root / "READY").write_text(json.dumps({"precisions": precs, "version": BUILD_VERSION}))

@@ -56,6 +56,7 @@ def _other_s(r: dict[str, Any]) -> float:
 # -- plots ---------------------------------------------------------------------------------------
 def plots(result: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -153,7 +154,7 @@ def plots(result: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
         bw = result["bandwidth"]["limit_gbps"]
         xs = [p["bytes"]["total"] / 1e6 for p in pts]
         lo, hi = min(xs) * 0.7, max(xs) * 1.4
-        ax.plot([lo, hi], [lo / bw, hi / bw], "k-", label=f"memory limit ({bw:.1f} GB/s read)")
+        ax.plot([lo, hi], [lo / bw, hi / bw], "k-", label=f"memory limit ({bw:.1f} GB/s)")
         markers = {"fp32": "o", "int8": "s", "fp16": "^"}
         for size_i, size in enumerate(sizes):
             for prec, m in markers.items():
@@ -177,6 +178,9 @@ def plots(result: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
                 )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("bytes read per decode step (MB): weights + KV cache + logits")
         ax.set_ylabel("time per decode step (ms)")
         ax.grid(alpha=0.3, which="both")
@@ -249,11 +253,18 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
         where += f"; GPU: {m.get('gpu')}"
     md.append(f"\n**Machine**: {where} ({m['os']}, Python {m['python']}).")
     bw = result["bandwidth"]
-    md.append(
-        f"Measured memory bandwidth: **{bw['read_gbps']:.1f} GB/s read** (threaded sum), "
-        f"{bw['gemv_gbps']:.1f} GB/s matrix-vector, {bw['copy_gbps']:.1f} GB/s copy (read + "
-        f"write); sgemm {bw['matmul_gflops']:.0f} GFLOP/s."
-    )
+    host = bw.get("host", bw)
+    if s["device"] != "cpu":
+        md.append(
+            f"Measured GPU memory bandwidth: **{bw['limit_gbps']:.0f} GB/s** (read + write, "
+            f"{bw.get('method')}); host: {host['read_gbps']:.1f} GB/s read."
+        )
+    else:
+        md.append(
+            f"Measured memory bandwidth: **{bw['read_gbps']:.1f} GB/s read** (threaded sum), "
+            f"{bw['gemv_gbps']:.1f} GB/s matrix-vector, {bw['copy_gbps']:.1f} GB/s copy (read "
+            f"+ write); sgemm {bw['matmul_gflops']:.0f} GFLOP/s."
+        )
     others = ld["start"].get("others") or []
     md.append(
         f"Load average at start {ld['start']['loadavg_1_5_15']}, at end "
@@ -409,7 +420,8 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
             continue
         md.append(f"\n## Sweep: {label} ({sweep_size}; other settings as the headline)\n")
         rows = []
-        for r in sorted(rs, key=lambda r: (r["workload"][key], _order([r["system"]]))):
+        rank = {n: i for i, n in enumerate(SYSTEM_ORDER)}
+        for r in sorted(rs, key=lambda r: (r["workload"][key], rank.get(r["system"], 99))):
             st, ag = r["stats"], r.get("agreement") or {}
             rows.append(
                 [

@@ -71,6 +71,30 @@ def measure_bandwidth(mib: int = 512, repeats: int = 5, threads: int | None = No
     return out
 
 
+def measure_gpu_bandwidth(mib: int = 1024, repeats: int = 5, device_id: int = 0) -> dict:
+    """Device memory bandwidth (GB/s) with ONNX Runtime's CUDA provider, no torch needed.
+
+    Runs ragrt's hand-built ``Gather`` graph (the one that reorders KV caches on the GPU) over
+    every row of a ``mib`` MiB float32 tensor bound in device memory: each run reads and writes
+    the tensor once. ``limit_gbps`` = read + write bytes / time, i.e. the copy bandwidth, the
+    right denominator for a step that streams weights and caches once.
+    """
+    import onnxruntime as ort
+
+    from ragrt.generator import RowGather
+    from ragrt.sessions import SessionOptions
+
+    rows = mib * 2**20 // 4 // 1024
+    g = RowGather(1, 2, np.float32, SessionOptions(device="cuda", device_id=device_id))
+    x = ort.OrtValue.ortvalue_from_numpy(np.ones((rows, 1024), dtype=np.float32), "cuda", device_id)
+    idx = np.arange(rows, dtype=np.int64)
+    g.run_device([x], idx, "cuda", device_id)
+    t = _best(lambda: g.run_device([x], idx, "cuda", device_id), repeats)
+    nbytes = rows * 1024 * 4
+    gbps = 2 * nbytes / t / 1e9
+    return {"array_mib": mib, "copy_gbps": gbps, "limit_gbps": gbps, "method": "ORT CUDA Gather"}
+
+
 def measure_matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
     """float32 GEMM rate (numpy/OpenBLAS, all threads): the compute roof, for reference."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)

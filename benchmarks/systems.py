@@ -162,6 +162,7 @@ class RagrtSystem:
         )
         self.clock = Clock()
         self._instrument()
+        self.info = {"device": device, "index": _index_info(self.engine.index)}
 
     def _instrument(self) -> None:
         e, c = self.engine, self.clock
@@ -231,6 +232,23 @@ class RagrtSystem:
     def close(self) -> None:
         del self.engine
         gc.collect()
+
+
+def _index_info(index: Any) -> dict[str, Any]:
+    """Which FAISS class searches (``Gpu*`` on a GPU) and why (ragrt's GPU plan)."""
+    from dataclasses import asdict
+
+    out: dict[str, Any] = {}
+    try:
+        import faiss
+
+        out["class"] = type(faiss.downcast_index(index._search_index)).__name__
+    except Exception:  # informational only
+        out["class"] = type(getattr(index, "_search_index", index)).__name__
+    plan = getattr(index, "plan", None)
+    if plan is not None:
+        out["plan"] = asdict(plan)
+    return out
 
 
 # -- transformers / optimum ---------------------------------------------------------------------
@@ -317,6 +335,8 @@ class TorchRagSystem:
         self.clock = Clock()
         self.index = index
         self.torch = torch
+        # torch runs on the GPU only with a CUDA build of torch; otherwise the torch parts stay
+        # on the CPU (recorded), and optimum's ONNX Runtime generator still uses the GPU
         self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
         model = RagTokenForGeneration.from_pretrained(bm.ckpt).eval()
         self.qtok = AutoTokenizer.from_pretrained(bm.ckpt / "question_encoder_tokenizer")
@@ -332,17 +352,21 @@ class TorchRagSystem:
             enc = gen.get_encoder()
 
             def enc_pre(*_: Any) -> None:
+                self._sync()
                 c.marks["encoder_start"] = perf_counter()
 
             def enc_post(*_: Any) -> None:
+                self._sync()
                 t = perf_counter()
                 c.add("generator_encoder", t - c.marks["encoder_start"])
                 c.marks["encoder_end"] = t
 
             def gen_pre(*_: Any, **__: Any) -> None:
+                self._sync()
                 c.marks["model_start"] = perf_counter()
 
             def gen_post(*_: Any, **__: Any) -> None:
+                self._sync()
                 t = perf_counter()
                 c.add("decode_model", t - c.marks["model_start"])
                 c.marks["loop_end"] = t
@@ -351,10 +375,8 @@ class TorchRagSystem:
             enc.register_forward_hook(enc_post)
             gen.register_forward_pre_hook(gen_pre)
             gen.register_forward_hook(gen_post)
-            if self.device == "cuda":
-                model = model.to("cuda")
         else:
-            ort_model = self._load_optimum(bm, device, threads)
+            ort_model = self._load_optimum(bm, device, threads, self.device == "cuda")
             for part, key in (
                 (ort_model.decoder, "decode_ort"),
                 (ort_model.decoder_with_past, "decode_ort"),
@@ -364,10 +386,17 @@ class TorchRagSystem:
             model.rag._modules["generator"] = _optimum_generator(ort_model, c)
             gc.collect()
             self.ort_model = ort_model
+        if self.device == "cuda":
+            model = model.to("cuda")
         self.model = model
+        self.info = {"device": self.device, "generator_device": device}
+
+    def _sync(self) -> None:
+        if self.device == "cuda":  # CUDA kernels are asynchronous: close each stage
+            self.torch.cuda.synchronize()
 
     @staticmethod
-    def _load_optimum(bm: Any, device: str, threads: int) -> Any:
+    def _load_optimum(bm: Any, device: str, threads: int, torch_cuda: bool) -> Any:
         import onnxruntime as ort
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
@@ -380,8 +409,8 @@ class TorchRagSystem:
         kw: dict[str, Any] = dict(
             use_cache=True, use_merged=False, session_options=so, local_files_only=True
         )
-        if device != "cpu":
-            kw.update(provider="CUDAExecutionProvider", use_io_binding=True)
+        if device != "cpu":  # IO binding needs torch tensors on the GPU
+            kw.update(provider="CUDAExecutionProvider", use_io_binding=torch_cuda)
         return ORTModelForSeq2SeqLM.from_pretrained(bm.optimum, **kw)
 
     def run(self, questions: list[str], w: Workload) -> Answer:
@@ -394,11 +423,13 @@ class TorchRagSystem:
             enc = self.qtok(questions, return_tensors="pt", padding=True, truncation=True)
             q_ids, q_mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
             q = self.model.question_encoder(q_ids, attention_mask=q_mask)[0]
+            self._sync()
             t1 = perf_counter()
             res = self.index.search(q.float().cpu().numpy(), w.n_docs, return_embeddings=True)
             docs = self.index.docs(res)
             emb = torch.from_numpy(res.embeddings).to(q)
             doc_scores = torch.bmm(q.unsqueeze(1), emb.transpose(1, 2)).squeeze(1)
+            self._sync()
             t2 = perf_counter()
             strings = self.qtok.batch_decode(q_ids, skip_special_tokens=True)
             doc_dicts = [{"title": [d.title for d in r], "text": [d.text for d in r]} for r in docs]
@@ -423,6 +454,7 @@ class TorchRagSystem:
                 return_dict_in_generate=True,
                 output_scores=True,
             )
+            self._sync()
             t4 = perf_counter()
         seqs = out.sequences.cpu().numpy()
         if w.num_beams > 1:
