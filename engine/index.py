@@ -61,11 +61,12 @@ GPU_PQ_SUBDIMS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
 
 # -- factory choice --------------------------------------------------------------------------
 def pq_m_for(dim: int) -> int:
-    """PQ sub-quantizers: ~12 dims each, dividing ``dim``, GPU-compatible (768 -> 64, 384 -> 32)."""
-    ok = [m for m in GPU_PQ_M if dim % m == 0 and dim // m in GPU_PQ_SUBDIMS]
+    """PQ sub-quantizers: ~8 dims each, at most 64 (768 -> 64 as wiki_dpr, 384 -> 48), dividing
+    ``dim`` and supported by faiss-gpu."""
+    ok = [m for m in GPU_PQ_M if m <= 64 and dim % m == 0 and dim // m in GPU_PQ_SUBDIMS]
     if not ok:
         ok = [m for m in range(1, dim + 1) if dim % m == 0 and dim // m <= 32] or [dim]
-    return min(ok, key=lambda m: (abs(dim / m - 12), -m))
+    return min(ok, key=lambda m: (abs(min(dim / 8, 64) - m), -m))
 
 
 def nlist_for(n: int) -> int:
@@ -80,7 +81,7 @@ def nlist_for(n: int) -> int:
 def default_factory(n: int, dim: int) -> str:
     """FAISS factory for ``n`` vectors of ``dim``: Flat when tiny, else ``IVF{nlist},PQ{m}``.
 
-    1M x 384 -> ``IVF4096,PQ32``; 21M x 768 -> ``IVF16384,PQ64`` (65536+ lists get an HNSW
+    1M x 384 -> ``IVF4096,PQ48``; 21M x 768 -> ``IVF16384,PQ64`` (65536+ lists get an HNSW
     coarse quantizer, as the released wiki_dpr index does, to keep list assignment fast).
     """
     if n < FLAT_BELOW:

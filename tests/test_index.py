@@ -84,7 +84,7 @@ def queries(corpus):
 # -- factory choice --------------------------------------------------------------------------
 def test_default_factory_from_corpus_size():
     assert default_factory(500, 384) == "Flat"
-    assert default_factory(1_000_000, 384) == "IVF4096,PQ32"
+    assert default_factory(1_000_000, 384) == "IVF4096,PQ48"
     assert default_factory(1_000_000, 768) == "IVF4096,PQ64"
     assert default_factory(21_000_000, 768) == "IVF16384,PQ64"
     assert default_factory(400_000_000, 768).startswith("IVF65536_HNSW32,PQ64")
