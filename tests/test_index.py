@@ -835,3 +835,9 @@ def test_index_refuses_another_model(rag_bart_index, minilm_art, capsys):
     )
     err = capsys.readouterr().err
     assert err.startswith("error: index") and "384-d" in err and "Traceback" not in err
+
+
+def test_mmap_open_searches_the_same(pq_dir, queries):
+    a = PassageIndex.open(pq_dir).search(queries, 5)
+    b = PassageIndex.open(pq_dir, mmap=True, verify="full").search(queries, 5)
+    assert np.array_equal(a.rows, b.rows) and np.allclose(a.scores, b.scores)
