@@ -184,6 +184,19 @@ def test_stream_reassembles(server, engine, protocol):
         list(client.stream("q", n_docs=0))
 
 
+def test_concurrent_streams(server, engine):
+    """Streams run concurrently in one rag_stream instance (worker threads share one engine)."""
+    qs = QUESTIONS * 2
+    want = [r.text for r in engine.generate(qs, max_new_tokens=6)]
+
+    def one(q):
+        with _client(server, "grpc") as c:
+            return "".join(c.stream(q, max_new_tokens=6))
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(one, qs)) == want
+
+
 def test_async_client(server, engine):
     from ragrt.client import AsyncRagClient
 

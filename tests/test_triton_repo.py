@@ -56,6 +56,7 @@ def test_python_flavor_configs_round_trip():
     assert {i.name for i in rag.input if i.optional} == set(wire.GEN_INPUTS) - {"QUESTION"}
     assert set(_names(rag.output)) == set(wire.RAG_OUTPUTS)
     assert rag.parameters["ragrt_artifacts"].string_value == "artifacts"
+    assert rag.parameters["ragrt_parallel"].string_value == "0"  # auto
     assert json.loads(rag.parameters["ragrt_index_dirs"].string_value) == ["index"]
     stream = cfgs["rag_stream"]
     assert stream.model_transaction_policy.decoupled and stream.max_batch_size == 0
@@ -499,6 +500,17 @@ def test_rag_model_limits_decoder_rows(fake_pb):
     out = m.execute([_Request(wire.request_arrays(["a", "b"], {"n_docs": 2})) for _ in range(3)])
     assert all(o.error is None for o in out)
     assert [len(c[0]) for c in m.engine.calls[-2:]] == [2, 2]  # chunked at 6 // 2 = 3 rows
+
+
+def test_rag_model_runs_pieces_in_parallel(fake_pb):
+    m = _rag_model()
+    m.parallel = 2
+    reqs = [_Request(wire.request_arrays([f"q{i}" * (i + 1)], {"n_docs": 2})) for i in range(5)]
+    out = m.execute(reqs)
+    assert all(o.error is None for o in out)
+    for i, o in enumerate(out):  # every request gets its own answer back
+        assert o.outputs["TOKEN_IDS"][0].tolist() == [0, 2 * (i + 1), 2]
+    assert sorted(len(c[0]) for c in m.engine.calls) == [2, 3]
 
 
 # -- client URL parsing and the launcher -----------------------------------------------------

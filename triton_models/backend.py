@@ -57,13 +57,15 @@ def open_engine(
     from ragrt.engine import RagEngine
 
     if load == "full":
-        return RagEngine.load(
-            model_dir,
-            index_dirs or None,
-            precision=precision,
-            device=device,
-            nprobe=nprobe,
-            intra_op_threads=threads,
+        return make_thread_safe(
+            RagEngine.load(
+                model_dir,
+                index_dirs or None,
+                precision=precision,
+                device=device,
+                nprobe=nprobe,
+                intra_op_threads=threads,
+            )
         )
     from ragrt.sessions import SessionOptions
 
@@ -95,7 +97,45 @@ def open_engine(
         index.check_encoder(m)
     elif load != "encoder":
         raise ArtifactError(f"unknown ragrt_load {load!r} in the model config")
-    return RagEngine(m, qenc, None, None, index, precision, device, nprobe)
+    return make_thread_safe(RagEngine(m, qenc, None, None, index, precision, device, nprobe))
+
+
+class _LockedTokenizer:
+    """A tokenizer whose calls are serialized.
+
+    ``ragrt.text.TextTokenizer.encode_batch`` switches truncation on and off on the shared
+    ``tokenizers.Tokenizer``; two threads tokenizing at once fail with "Already borrowed" (or
+    one truncates with the other's setting). The ONNX Runtime sessions are thread-safe, so only
+    the tokenizers are locked and generation still runs concurrently.
+    """
+
+    def __init__(self, tok: Any):
+        self._tok = tok
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._tok, name)
+        if not callable(attr):
+            return attr
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return locked
+
+
+def make_thread_safe(engine: Any) -> Any:
+    """Serialize the engine's tokenizer calls (see :class:`_LockedTokenizer`) so that threads
+    may share one engine (``rag_stream`` workers; the serving benchmark's in-process side)."""
+    if engine.generator_tokenizer is not None and not isinstance(
+        engine.generator_tokenizer, _LockedTokenizer
+    ):
+        engine.generator_tokenizer = _LockedTokenizer(engine.generator_tokenizer)
+    qe = engine.question_encoder
+    if qe is not None and not isinstance(qe.tokenizer, _LockedTokenizer):
+        qe.tokenizer = _LockedTokenizer(qe.tokenizer)
+    return engine
 
 
 class _Tokenizer:
@@ -130,6 +170,16 @@ class _Model:
         model_dir = art / p.get("ragrt_model_dir", "model")
         index_dirs = [art / d for d in json.loads(p.get("ragrt_index_dirs") or "[]")]
         nprobe = int(p["ragrt_nprobe"]) if p.get("ragrt_nprobe") else None
+        # CPU: small engine calls on threads keep the cores busier than one big batch (the
+        # ONNX Runtime sessions are thread-safe); GPU: one batch per call is what it wants
+        par = int(p.get("ragrt_parallel", 0) or 0)
+        if par <= 0:
+            par = (
+                1
+                if args.get("model_instance_kind") == "GPU"
+                else min(8, max(1, int(self.model_config.get("max_batch_size", 1) or 1)))
+            )
+        self.parallel = par
         self.limits = wire.Limits(
             max_n_docs=int(p.get("ragrt_max_n_docs", 50)),
             max_num_beams=int(p.get("ragrt_max_num_beams", 16)),
@@ -194,43 +244,75 @@ class _Model:
         run: Callable[[list[str], Any], list[Any]],
         max_rows: int | None = None,
     ) -> dict[int, Any]:
-        """Run requests with equal keys as one engine call each (chunked at ``max_rows`` rows);
-        returns request index -> list of row results, or the exception for that request."""
+        """Run requests with equal keys together: one engine call per chunk of at most
+        ``max_rows`` rows, each chunk split into up to ``parallel`` pieces run on threads (the
+        engine's ONNX Runtime sessions run concurrently; small batches on several threads use
+        a CPU better than one large batch on one). Returns request index -> list of row
+        results, or the exception for that request."""
         groups: dict[Any, list[tuple[int, list[str]]]] = {}
         for i, qs, key in items:
             groups.setdefault(key, []).append((i, qs))
-        out: dict[int, Any] = {}
+        pieces: list[tuple[Any, list[tuple[int, list[str]]]]] = []
         for key, reqs in groups.items():
-            chunk: list[tuple[int, list[str]]] = []
-            chunks = []
-            for r in reqs:
-                if (
-                    chunk
-                    and max_rows is not None
-                    and sum(len(q) for _, q in chunk) + len(r[1]) > max_rows
-                ):
-                    chunks.append(chunk)
-                    chunk = []
-                chunk.append(r)
-            chunks.append(chunk)
-            for ch in chunks:
-                qs = [q for _, rq in ch for q in rq]
-                try:
-                    res = run(qs, key)
-                    pos = 0
-                    for i, rq in ch:
-                        out[i] = res[pos : pos + len(rq)]
-                        pos += len(rq)
-                except Exception as e:
-                    if len(ch) == 1:
-                        out[ch[0][0]] = e
-                        continue
-                    for i, rq in ch:  # isolate: one request's failure is not the others'
-                        try:
-                            out[i] = run(rq, key)
-                        except Exception as e2:
-                            out[i] = e2
+            for chunk in _split_rows(reqs, max_rows):
+                n = sum(len(q) for _, q in chunk)
+                size = -(-n // max(1, min(self.parallel, len(chunk))))
+                pieces += [(key, piece) for piece in _split_rows(chunk, size)]
+
+        def run_piece(piece: tuple[Any, list[tuple[int, list[str]]]]) -> dict[int, Any]:
+            key, ch = piece
+            out: dict[int, Any] = {}
+            try:
+                res = run([q for _, rq in ch for q in rq], key)
+                pos = 0
+                for i, rq in ch:
+                    out[i] = res[pos : pos + len(rq)]
+                    pos += len(rq)
+            except Exception as e:
+                if len(ch) == 1:
+                    return {ch[0][0]: e}
+                for i, rq in ch:  # isolate: one request's failure is not the others'
+                    try:
+                        out[i] = run(rq, key)
+                    except Exception as e2:
+                        out[i] = e2
+            return out
+
+        out: dict[int, Any] = {}
+        if len(pieces) > 1 and self.parallel > 1:
+            for r in self._pool().map(run_piece, pieces):
+                out.update(r)
+        else:
+            for p in pieces:
+                out.update(run_piece(p))
         return out
+
+    parallel = 1
+    _executor: ThreadPoolExecutor | None = None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.parallel, thread_name_prefix="ragrt-exec")
+        return self._executor
+
+
+def _split_rows(
+    reqs: list[tuple[int, list[str]]], max_rows: int | None
+) -> list[list[tuple[int, list[str]]]]:
+    """Consecutive runs of whole requests with at most ``max_rows`` rows each (a single larger
+    request stays alone)."""
+    chunks: list[list[tuple[int, list[str]]]] = []
+    chunk: list[tuple[int, list[str]]] = []
+    rows = 0
+    for r in reqs:
+        if chunk and max_rows is not None and rows + len(r[1]) > max_rows:
+            chunks.append(chunk)
+            chunk, rows = [], 0
+        chunk.append(r)
+        rows += len(r[1])
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 class RagModel(_Model):

@@ -89,6 +89,9 @@ class RepoOptions:
     dynamic_batching: bool = True
     instances: int = 1  # per model (per GPU with device=gpu)
     stream_workers: int = 4  # concurrent streams per rag_stream instance
+    #: engine calls one instance runs at once on threads (a dynamic batch is split into up to
+    #: this many pieces); 0 = auto: the max batch size on CPU (at most 8), 1 on GPU
+    parallel: int = 0
     device: str = "cpu"  # cpu | gpu
     gpus: list[int] = field(default_factory=list)  # device=gpu: GPU ids (default: all)
     flavor: str = "python"  # python | native
@@ -125,6 +128,7 @@ class RepoOptions:
         positive("--max-batch-size", self.max_batch_size, 0, MAX_BATCH_LIMIT)
         positive("--instances", self.instances)
         positive("--stream-workers", self.stream_workers)
+        positive("--parallel", self.parallel, 0)
         positive("--queue-delay-us", self.queue_delay_us, 0)
         positive("--threads", self.intra_op_threads, 0)
         positive("--max-n-docs", self.max_n_docs)
@@ -254,6 +258,7 @@ def _engine_params(
         "ragrt_max_num_beams": str(opts.max_num_beams),
         "ragrt_max_decoder_rows": str(opts.max_decoder_rows),
         "ragrt_stream_workers": str(opts.stream_workers),
+        "ragrt_parallel": str(opts.parallel),
     }
 
 

@@ -88,6 +88,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="answers one rag_stream instance streams at once (default 4)",
     )
+    b.add_argument(
+        "--parallel",
+        type=int,
+        default=0,
+        metavar="N",
+        help="engine calls one instance runs at once on threads: a dynamic batch is split into "
+        "up to N pieces (0 = auto: max batch size on CPU, capped at 8; 1 on GPU)",
+    )
     b.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where the models run")
     b.add_argument(
         "--gpu",
@@ -174,6 +182,7 @@ def _build(args: argparse.Namespace) -> int:
         dynamic_batching=args.dynamic_batching,
         instances=args.instances,
         stream_workers=args.stream_workers,
+        parallel=args.parallel,
         device=args.device,
         gpus=list(args.gpu),
         flavor=args.flavor,
