@@ -1,8 +1,9 @@
 """Serving benchmark: a concurrency sweep against the real tritonserver vs the in-process engine.
 
 For each concurrency c in (1, 2, 4, 8, 16): c closed-loop clients (threads) each send one
-question per request, for ``--seconds`` per point after a warm-up; the same questions and
-generation settings go to
+question per request, for ``--seconds`` per point, split into ``--rounds`` alternating
+served / in-process rounds (each after a short warm-up) so that both sides see the same load
+on a shared machine; the same questions and generation settings go to
 
 * ``served``: ``RagClient`` (gRPC) -> tritonserver -> the ``rag`` Python-backend model
   (dynamic batching merges concurrent requests into one engine batch);
@@ -87,47 +88,62 @@ def questions(n: int) -> list[str]:
     return [forms[i % len(forms)].format(t) for i, t in enumerate(titles[:n])]
 
 
+class Point:
+    """Latencies and counts of one system at one concurrency, over several rounds."""
+
+    def __init__(self, concurrency: int):
+        self.concurrency = concurrency
+        self.lat: list[float] = []
+        self.count = 0
+        self.seconds = 0.0
+        self.load: list[float] = []
+
+    def summary(self) -> dict[str, Any]:
+        ms = np.array(self.lat) * 1000
+        return {
+            "concurrency": self.concurrency,
+            "requests": self.count,
+            "seconds": round(self.seconds, 3),
+            "throughput_rps": round(self.count / self.seconds, 3),
+            "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p95_ms": round(float(np.percentile(ms, 95)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "loadavg_1m": round(float(np.mean(self.load)), 2),
+        }
+
+
 def closed_loop(
-    call, qs: list[str], concurrency: int, seconds: float, warmup: float
-) -> dict[str, Any]:
-    """``concurrency`` threads each calling ``call(q)`` back to back for ``seconds``."""
-    lat: list[float] = []
-    count = [0]
+    call, qs: list[str], point: Point, seconds: float, warmup: float, offset: int
+) -> None:
+    """``point.concurrency`` threads each calling ``call(q)`` back to back: ``warmup`` seconds
+    unrecorded, then ``seconds`` recorded into ``point``."""
+    c = point.concurrency
     lock = threading.Lock()
     stop_at = [0.0]
     record = [False]
 
     def worker(w: int) -> None:
-        i = w
+        i = offset + w
         while time.perf_counter() < stop_at[0]:
             q = qs[i % len(qs)]
-            i += concurrency
+            i += c
             t = time.perf_counter()
             call(q)
             dt = time.perf_counter() - t
             if record[0]:
                 with lock:
-                    lat.append(dt)
-                    count[0] += 1
+                    point.lat.append(dt)
+                    point.count += 1
 
-    with ThreadPoolExecutor(concurrency) as pool:
+    with ThreadPoolExecutor(c) as pool:
         stop_at[0] = time.perf_counter() + warmup
-        list(pool.map(worker, range(concurrency)))
+        list(pool.map(worker, range(c)))
         record[0] = True
         t0 = time.perf_counter()
         stop_at[0] = t0 + seconds
-        list(pool.map(worker, range(concurrency)))
-        wall = time.perf_counter() - t0
-    ms = np.array(lat) * 1000
-    return {
-        "concurrency": concurrency,
-        "requests": count[0],
-        "seconds": round(wall, 3),
-        "throughput_rps": round(count[0] / wall, 3),
-        "p50_ms": round(float(np.percentile(ms, 50)), 1),
-        "p95_ms": round(float(np.percentile(ms, 95)), 1),
-        "p99_ms": round(float(np.percentile(ms, 99)), 1),
-    }
+        list(pool.map(worker, range(c)))
+        point.seconds += time.perf_counter() - t0
+    point.load.append(os.getloadavg()[0])
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -167,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=Path, help="INDEX_DIR (with --model)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per point")
-    p.add_argument("--warmup", type=float, default=1.5, help="warm-up seconds per point")
+    p.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per round")
+    p.add_argument(
+        "--rounds", type=int, default=4, help="alternating served/in-process rounds per point"
+    )
     p.add_argument("--questions", type=int, default=64)
     p.add_argument("--n-docs", type=int, default=5)
     p.add_argument("--max-new-tokens", type=int, default=8)
@@ -233,12 +252,19 @@ def main(argv: list[str] | None = None) -> int:
             engine.generate([q], **gen)
 
         for c in args.concurrency:
-            for name, fn in (("served", served), ("in_process", in_process)):
-                pt = closed_loop(fn, qs, c, args.seconds, args.warmup)
-                sweep[name].append(pt)
+            # alternate short rounds so that both sides see the same (shared, noisy) machine
+            points = {"served": Point(c), "in_process": Point(c)}
+            for r in range(args.rounds):
+                for name, fn in (("served", served), ("in_process", in_process)):
+                    closed_loop(
+                        fn, qs, points[name], args.seconds / args.rounds, args.warmup, 7 * r
+                    )
+            for name, pt in points.items():
+                sm = pt.summary()
+                sweep[name].append(sm)
                 log(
-                    f"{name:10s} c={c:2d}: {pt['throughput_rps']:7.2f} req/s  p50 {pt['p50_ms']:7.1f} ms  "
-                    f"p95 {pt['p95_ms']:7.1f}  p99 {pt['p99_ms']:7.1f}"
+                    f"{name:10s} c={c:2d}: {sm['throughput_rps']:7.2f} req/s  p50 {sm['p50_ms']:7.1f} ms  "
+                    f"p95 {sm['p95_ms']:7.1f}  p99 {sm['p99_ms']:7.1f}  (load {sm['loadavg_1m']})"
                 )
         client.close()
     finally:
@@ -283,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             "num_beams": 1,
             "mode": m.generation.rag_type,
             "seconds_per_point": args.seconds,
-            "warmup_seconds": args.warmup,
+            "warmup_seconds_per_round": args.warmup,
+            "rounds": args.rounds,
             "ort_threads": args.threads,
             "server": {
                 "models": ["rag"],
