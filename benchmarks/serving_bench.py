@@ -275,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         s["concurrency"]: round(s["throughput_rps"] / i["throughput_rps"], 3)
         for s, i in zip(sweep["served"], sweep["in_process"])
     }
+    import importlib.metadata
+
     import onnxruntime
-    import tritonclient
 
     from ragrt import __version__
     from ragrt.manifest import load as load_manifest
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {
             "ragrt": __version__,
             "onnxruntime": onnxruntime.__version__,
-            "tritonclient": getattr(tritonclient, "__version__", None),
+            "tritonclient": importlib.metadata.version("tritonclient"),
             "tritonserver": "2.51 (nvidia-pytriton bundle)"
             if srv.install.bundled
             else str(srv.install.binary),
