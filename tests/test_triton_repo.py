@@ -109,6 +109,15 @@ def test_native_flavor_gpu_tensorrt():
         assert parse_config(config_to_text(c)) == c
 
 
+def test_index_sharded_over_gpus():
+    cfgs = model_configs(RepoOptions(device="gpu", index_on_gpus="shard", gpus=[0, 1]), dim=8)
+    for name in ("rag", "rag_stream", "retrieve"):
+        g = cfgs[name].instance_group[0]
+        assert g.kind == pb.ModelInstanceGroup.KIND_MODEL and not g.gpus
+    g = cfgs["question_encoder"].instance_group[0]
+    assert g.kind == pb.ModelInstanceGroup.KIND_GPU and list(g.gpus) == [0, 1]
+
+
 def test_no_batching_and_model_subset():
     cfgs = model_configs(RepoOptions(max_batch_size=0, models=["retrieve", "rag"]), dim=8)
     assert list(cfgs) == ["rag", "retrieve"]  # canonical order; rag owns the artifacts
@@ -136,6 +145,9 @@ def test_no_batching_and_model_subset():
         (dict(models=[]), "no models selected"),
         (dict(generator_encoder=True), "--flavor native"),
         (dict(max_n_docs=0), "--max-n-docs"),
+        (dict(index_on_gpus="shard"), "needs --device gpu"),
+        (dict(index_on_gpus="spread", device="gpu"), "replicate or shard"),
+        (dict(parallel=-1), "--parallel"),
     ],
 )
 def test_bad_options(kw, needle):

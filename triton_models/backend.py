@@ -176,7 +176,7 @@ class _Model:
         if par <= 0:
             par = (
                 1
-                if args.get("model_instance_kind") == "GPU"
+                if p.get("ragrt_device", "cpu") != "cpu"
                 else min(8, max(1, int(self.model_config.get("max_batch_size", 1) or 1)))
             )
         self.parallel = par

@@ -94,6 +94,10 @@ class RepoOptions:
     parallel: int = 0
     device: str = "cpu"  # cpu | gpu
     gpus: list[int] = field(default_factory=list)  # device=gpu: GPU ids (default: all)
+    #: device=gpu: ``replicate`` = one instance per GPU, each with the whole index on its GPU;
+    #: ``shard`` = instances that see every GPU, the index split over them (corpora larger than
+    #: one GPU's memory)
+    index_on_gpus: str = "replicate"
     flavor: str = "python"  # python | native
     tensorrt: bool = False  # native + gpu: TensorRT accelerator for the ONNX models
     tensorrt_precision: str = "fp16"  # fp16 | fp32
@@ -167,6 +171,12 @@ class RepoOptions:
                     "--tensorrt applies to the native flavor's ONNX Runtime models: add "
                     "--flavor native"
                 )
+        if self.index_on_gpus not in ("replicate", "shard"):
+            raise InputError(
+                f"--index-on-gpus must be replicate or shard, got {self.index_on_gpus!r}"
+            )
+        if self.index_on_gpus == "shard" and self.device != "gpu":
+            raise InputError("--index-on-gpus shard needs --device gpu")
         if self.tensorrt_precision not in ("fp16", "fp32"):
             raise InputError(
                 f"--tensorrt-precision must be fp16 or fp32, got {self.tensorrt_precision!r}"
@@ -210,6 +220,7 @@ def _base(
     platform: str | None = None,
     batching: bool = True,
     instances: int | None = None,
+    searches: bool = False,
 ):
     pb = _pb()
     c = pb.ModelConfig(name=name)
@@ -228,8 +239,11 @@ def _base(
             if opts.device == "gpu"
             else pb.ModelInstanceGroup.KIND_CPU
         )
+        if searches and opts.device == "gpu" and opts.index_on_gpus == "shard":
+            # one instance sees every GPU: faiss splits the index over them (ORT on the first)
+            kind = pb.ModelInstanceGroup.KIND_MODEL
         g = c.instance_group.add(count=instances or opts.instances, kind=kind)
-        if opts.device == "gpu" and opts.gpus:
+        if kind == pb.ModelInstanceGroup.KIND_GPU and opts.gpus:
             g.gpus.extend(opts.gpus)
     return c
 
@@ -282,7 +296,7 @@ def _doc_outputs(c: Any) -> None:
 
 def rag_config(opts: RepoOptions, artifacts: str, n_shards: int = 1):
     """``rag``: the whole engine in one Python-backend model (the decode loop never leaves it)."""
-    c = _base("rag", opts, backend="python")
+    c = _base("rag", opts, backend="python", searches=True)
     _gen_inputs(c)
     c.output.extend(
         [
@@ -305,7 +319,7 @@ def rag_config(opts: RepoOptions, artifacts: str, n_shards: int = 1):
 
 def rag_stream_config(opts: RepoOptions, artifacts: str, n_shards: int = 1):
     """``rag_stream``: decoupled; one response per text piece, ``FINAL`` true on the last."""
-    c = _base("rag_stream", opts, backend="python", batching=False)
+    c = _base("rag_stream", opts, backend="python", batching=False, searches=True)
     _gen_inputs(c)
     c.output.extend([_out("TEXT", "TYPE_STRING", [1]), _out("FINAL", "TYPE_BOOL", [1])])
     c.model_transaction_policy.decoupled = True
@@ -314,7 +328,7 @@ def rag_stream_config(opts: RepoOptions, artifacts: str, n_shards: int = 1):
 
 
 def retrieve_config(opts: RepoOptions, artifacts: str, n_shards: int = 1):
-    c = _base("retrieve", opts, backend="python")
+    c = _base("retrieve", opts, backend="python", searches=True)
     c.input.append(_inp("QUESTION", "TYPE_STRING", [1]))
     c.input.append(_inp("N_DOCS", "TYPE_INT32", [1], optional=True))
     _doc_outputs(c)

@@ -106,6 +106,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="GPU id for the instances (repeatable; default: every GPU)",
     )
     b.add_argument(
+        "--index-on-gpus",
+        choices=["replicate", "shard"],
+        default="replicate",
+        help="--device gpu: replicate = one instance per GPU with the whole index on it; shard "
+        "= instances see every GPU and the index is split over them (larger corpora)",
+    )
+    b.add_argument(
         "--flavor",
         choices=["python", "native"],
         default="python",
@@ -185,6 +192,7 @@ def _build(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         device=args.device,
         gpus=list(args.gpu),
+        index_on_gpus=args.index_on_gpus,
         flavor=args.flavor,
         tensorrt=args.tensorrt,
         tensorrt_precision=args.tensorrt_precision,
