@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,8 @@ from ragrt.passages import STORE_FILES, Passage, ReadStats, build_store, count_l
 log = logging.getLogger(__name__)
 
 TARGET_RECALL = 0.95
+#: the passage-as-query proxy is optimistic; it must reach the target plus this
+PROXY_MARGIN = 0.03
 
 
 @dataclass
@@ -59,6 +60,9 @@ class BuildOptions:
     calibrate_queries: int = 200
     target_recall: float = TARGET_RECALL
     nprobe: int | None = None  # fix the default nprobe instead of calibrating it
+    #: question embeddings [Q, dim] (array or .npy) to calibrate nprobe on; default: sampled
+    #: passages as queries (a proxy that can be optimistic, see calibrate_nprobe)
+    calibration_queries: Any = None
     overwrite: bool = False
     progress: bool = True
     fmt: str | None = None
@@ -384,10 +388,18 @@ def _build(
         if opts.nprobe is not None:
             nprobe = int(opts.nprobe)
         else:
+            cq = opts.calibration_queries
+            if cq is not None and not isinstance(cq, np.ndarray):
+                cq = load_embeddings(cq)
+            if cq is not None and (cq.ndim != 2 or cq.shape[1] != dim):
+                raise InputError(
+                    f"calibration queries must have shape [queries, {dim}], got {list(cq.shape)}"
+                )
             calibration = calibrate_nprobe(
                 index,
                 vecs,
                 nlist,
+                queries=cq,
                 exact_ok=exact is not None,
                 n_queries=opts.calibrate_queries,
                 target=opts.target_recall,
@@ -470,25 +482,34 @@ def calibrate_nprobe(
     nlist: int,
     *,
     exact_ok: bool,
+    queries: np.ndarray | None = None,
     n_queries: int = 200,
     target: float = TARGET_RECALL,
     k: int = 10,
     seed: int = 0,
-    search: Callable | None = None,
 ) -> dict[str, Any]:
-    """Smallest power-of-two nprobe whose recall@k vs exact search reaches ``target``.
+    """Smallest power-of-two nprobe whose recall@k vs exact search reaches the target.
 
-    Queries are sampled passages; each one's own row is excluded from both result lists, so
-    this measures how well the index finds a passage's true neighbours.
+    With ``queries`` (question embeddings, the best choice: a few hundred real questions),
+    recall is measured on them against exact search. Without, sampled passages serve as
+    queries, each one's own row excluded from both result lists; passages find their
+    neighbours more easily than questions do, so this proxy aims ``PROXY_MARGIN`` higher.
     """
     n = len(vecs)
     rng = np.random.default_rng(seed + 1)
-    qn = min(n_queries, n)
-    rows = np.sort(rng.choice(n, size=qn, replace=False))
-    q = np.ascontiguousarray(vecs[rows], dtype=np.float32)
+    if queries is not None:
+        q = np.ascontiguousarray(queries[:n_queries] if n_queries else queries, dtype=np.float32)
+        _check_finite(q, 0, "calibration queries have")
+        rows = np.full(len(q), -1, dtype=np.int64)  # nothing to exclude
+        goal, source = target, "given question embeddings"
+    else:
+        rows = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
+        q = np.ascontiguousarray(vecs[rows], dtype=np.float32)
+        goal, source = min(0.995, target + PROXY_MARGIN), "sampled passages (proxy)"
+    qn = len(q)
     kk = min(k, n - 1)
-    if kk <= 0:
-        return {"nprobe": 1, "recall@10": 1.0, "queries": qn, "sweep": {}}
+    if kk <= 0 or qn == 0:
+        return {"nprobe": 1, f"recall@{k}": 1.0, "queries": qn, "sweep": {}}
     truth = exact_topk(vecs, q, kk + 1)
     truth_sets = [set(t[t != r][:kk].tolist()) for t, r in zip(truth, rows)]
     exact_fn = (
@@ -512,7 +533,7 @@ def calibrate_nprobe(
             )
         )
         sweep[str(npb)] = round(rec, 4)
-        if rec >= target:
+        if rec >= goal:
             chosen = npb
             break
         if npb >= nlist:
@@ -524,11 +545,13 @@ def calibrate_nprobe(
             "recall@%d %.3f < %.2f even at nprobe=nlist=%d (PQ too coarse for this data?)",
             kk,
             sweep[str(nlist)],
-            target,
+            goal,
             nlist,
         )
     return {
         "nprobe": chosen,
+        "queries_from": source,
+        "goal": goal,
         f"recall@{k}": sweep[str(chosen)],
         "target": target,
         "queries": qn,

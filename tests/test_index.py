@@ -841,3 +841,28 @@ def test_mmap_open_searches_the_same(pq_dir, queries):
     a = PassageIndex.open(pq_dir).search(queries, 5)
     b = PassageIndex.open(pq_dir, mmap=True, verify="full").search(queries, 5)
     assert np.array_equal(a.rows, b.rows) and np.allclose(a.scores, b.scores)
+
+
+def test_calibration_on_given_question_embeddings(corpus, tmp_path, queries):
+    p, e, x = corpus
+    np.save(tmp_path / "cal.npy", queries[:20])
+    m = build_index(
+        p,
+        tmp_path / "idx",
+        embeddings=e,
+        options=_opts(factory=IVFPQ, calibration_queries=tmp_path / "cal.npy"),
+    )
+    cal = m.calibration
+    assert cal["queries_from"] == "given question embeddings" and cal["queries"] == 20
+    assert cal["recall@10"] >= 0.95 and cal["goal"] == 0.95
+    truth, _ = exact_top(x, queries[:20], 10)
+    assert recall(PassageIndex.open(tmp_path / "idx").search(queries[:20], 10).rows, truth) >= 0.95
+    np.save(tmp_path / "bad.npy", queries[:, :5])
+    with pytest.raises(InputError, match=r"calibration queries must have shape \[queries, 32\]"):
+        build_index(
+            p,
+            tmp_path / "idx2",
+            embeddings=e,
+            options=_opts(factory=IVFPQ, calibration_queries=tmp_path / "bad.npy"),
+        )
+    _assert_nothing_left(tmp_path / "idx2")

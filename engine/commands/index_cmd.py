@@ -56,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
     b.add_argument("--precision", default="fp32", help="context encoder precision (default fp32)")
     b.add_argument("--nprobe", type=int, help="fix the default nprobe instead of calibrating it")
+    b.add_argument(
+        "--calibration-queries",
+        metavar="FILE.npy",
+        help="question embeddings [Q, dim] to calibrate the default nprobe on (recommended: a "
+        "few hundred real questions; default: sampled passages as a proxy)",
+    )
     b.add_argument("--overwrite", action="store_true", help="replace an existing INDEX_DIR")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
@@ -105,6 +111,7 @@ def _build(args: argparse.Namespace) -> int:
         skip_bad_rows=args.skip_bad_rows,
         batch_size=args.batch_size,
         nprobe=args.nprobe,
+        calibration_queries=args.calibration_queries,
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
