@@ -223,6 +223,7 @@ def build_index(
     embeddings: str | os.PathLike | np.ndarray | None = None,
     encoder: Any = None,
     precision: str = "fp32",
+    device: str = "cpu",
     options: BuildOptions | None = None,
 ) -> IndexManifest:
     """Build INDEX_DIR ``out_dir`` from a passage file.
@@ -254,9 +255,12 @@ def build_index(
 
         if embeddings is None and encoder is None:
             from ragrt.encoders import TextEncoder
+            from ragrt.sessions import SessionOptions
 
             art = manifest_mod.load(model, precision=precision)  # verifies the files it runs
-            encoder = TextEncoder.from_manifest(art, "context_encoder", precision)
+            encoder = TextEncoder.from_manifest(
+                art, "context_encoder", precision, SessionOptions(device=device)
+            )
         else:
             art = manifest_mod.load(model, verify=False)
     if embeddings is None and encoder is None:

@@ -55,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--skip-bad-rows", action="store_true", help="log and skip malformed rows")
     b.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
     b.add_argument("--precision", default="fp32", help="context encoder precision (default fp32)")
+    b.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda", "tensorrt"),
+        help="where the context encoder runs (default cpu)",
+    )
     b.add_argument("--nprobe", type=int, help="fix the default nprobe instead of calibrating it")
     b.add_argument(
         "--calibration-queries",
@@ -121,6 +127,7 @@ def _build(args: argparse.Namespace) -> int:
         model=args.model,
         embeddings=args.embeddings,
         precision=args.precision,
+        device=args.device,
         options=opts,
     )
     skipped = m.source.get("skipped_rows", 0)
