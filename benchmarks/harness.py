@@ -529,6 +529,7 @@ class Bench:
                 gc.collect()
         result["load"]["end"] = load_snapshot()
         result["roofline"] = roofline_points(result)
+        result["floors"] = floors(result)
         result["agreement"] = [
             {"size": r["size"], "workload": r["workload"], "system": r["system"]} | r["agreement"]
             for r in result["runs"]
@@ -551,9 +552,12 @@ class Bench:
             },
             "step_weight_bytes": {},
         }
+        info["encoder_weight_bytes"] = {}
         for p in precisions:
             if p in man["generator"]["onnx"]:
                 info["step_weight_bytes"][p] = roofline.step_weights(bm.art, p)
+                enc = bm.art / man["generator"]["onnx"][p]["encoder"]
+                info["encoder_weight_bytes"][p] = roofline.graph_weight_bytes(enc)["streamed"]
         return info
 
     def _load_systems(
@@ -702,6 +706,64 @@ def roofline_points(result: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return pts
+
+
+def floors(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Physical lower bounds of ragrt's headline calls, and the largest speedup they allow.
+
+    floor = measured (question encoding + search + contexts) + generator floor (encoder and
+    first step at the measured sgemm rate, later steps at the measured bandwidth), using the
+    context length ragrt actually ran (``ragged`` = the same with every context at its mean
+    length instead of padded to the longest: what a ragged encoder could reach).
+    """
+    from ragrt.benchmarks.roofline import generator_floor, step_bytes
+
+    bw = result["bandwidth"]
+    out = []
+    head = result["settings"]["headline"]
+    for size, model in result["models"].items():
+        ref = _find(result, size, head, "reference")
+        for r in result["runs"]:
+            if r["size"] != size or r["workload"] != head or not r["system"].startswith("ragrt-"):
+                continue
+            prec = r["system"].split("-", 1)[1]
+            wb = model["step_weight_bytes"].get(prec)
+            eb = model.get("encoder_weight_bytes", {}).get(prec)
+            if not wb or not eb:
+                continue
+            st = r["stats"]["stages"]
+            ctx = int(np.median([s["detail"].get("context_len") or 0 for s in r["samples"]]))
+            rows = head["batch"] * head["num_beams"] * head["n_docs"]
+            fixed = (
+                st.get("question_encoding", 0.0) + st.get("search", 0.0) + st.get("contexts", 0.0)
+            )
+            sb = step_bytes(wb["streamed"], model["generator"], rows, ctx, head["new_tokens"])
+            g = generator_floor(
+                eb,
+                sb,
+                model["generator"],
+                head["batch"] * head["n_docs"],
+                ctx,
+                head["new_tokens"],
+                bw["limit_gbps"],
+                bw["matmul_gflops"],
+            )
+            total = fixed + g["total_s"]
+            item = {
+                "size": size,
+                "system": r["system"],
+                "context_len": ctx,
+                "fixed_s": fixed,
+                "generator_floor": g,
+                "floor_s": total,
+                "measured_s": r["stats"]["p50"],
+                "measured_generator_s": r["stats"]["generator_p50"],
+                "fraction_of_floor": total / r["stats"]["p50"],
+            }
+            if ref is not None:
+                item["max_speedup_vs_reference"] = ref["stats"]["p50"] / total
+            out.append(item)
+    return out
 
 
 def _find(result: dict[str, Any], size: str, w: dict[str, int], system: str) -> dict | None:

@@ -507,6 +507,56 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
             )
         )
 
+    fl = result.get("floors") or []
+    if fl:
+        md.append(
+            "\n## Physical floor of the headline call\n\n"
+            "Measured question encoding + search + contexts, plus the generator at this "
+            "machine's limits: encoder and first decode step (cross-attention K/V "
+            "projections) at the measured sgemm rate, every later step at the measured memory "
+            "bandwidth; with the context length ragrt ran (padded to the longest context). "
+            "'max speedup' = reference p50 / floor: an estimate of the most any implementation "
+            "of the same computation (same padded contexts) could reach here; going below it "
+            "takes less work (e.g. unpadded contexts, smaller weights), not faster code. int8 "
+            "floors use the fp32 arithmetic rate (indicative only).\n"
+        )
+        rows = []
+        for f in fl:
+            g = f["generator_floor"]
+            rows.append(
+                [
+                    f["size"],
+                    f["system"],
+                    str(f["context_len"]),
+                    _ms(f["fixed_s"]),
+                    _ms(g["encoder_s"]),
+                    _ms(g["first_step_s"]),
+                    _ms(g["steps_s"]),
+                    _ms(f["floor_s"]),
+                    _ms(f["measured_s"]),
+                    _pct(f["fraction_of_floor"]),
+                    _x(f.get("max_speedup_vs_reference")),
+                ]
+            )
+        md.append(
+            _table(
+                [
+                    "size",
+                    "system",
+                    "ctx len",
+                    "qenc+search+ctx ms",
+                    "encoder floor ms",
+                    "first step floor ms",
+                    "later steps floor ms",
+                    "floor ms",
+                    "measured p50 ms",
+                    "floor / measured",
+                    "max speedup vs ref",
+                ],
+                rows,
+            )
+        )
+
     if paths:
         md.append("\n## Plots\n")
         for k, p in paths.items():

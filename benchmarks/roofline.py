@@ -169,3 +169,37 @@ def step_bytes(
         "logits": float(logits),
         "total": float(total),
     }
+
+
+def generator_floor(
+    enc_weight_bytes: int,
+    step: dict[str, float],
+    gen: dict[str, Any],
+    rows: int,
+    context_len: int,
+    steps: int,
+    bandwidth_gbps: float,
+    gflops: float,
+) -> dict[str, float]:
+    """Lower bound on the generator part (seconds) for one call on this machine.
+
+    Encoder: ``2 * params * tokens`` (+ attention ``4 * L^2 * d`` per row and layer) at the
+    measured sgemm rate; first decode step: the cross-attention K/V projections of every row
+    (``2 * 2 * d^2 * L`` per row and layer) at that rate; every later step: its bytes at the
+    measured bandwidth. fp32 parameters are ``bytes / 4`` (for int8 graphs this overstates the
+    arithmetic of integer kernels, so treat int8 floors as indicative).
+    """
+    d, layers = int(gen["d_model"]), int(gen["encoder_layers"])
+    dec_layers = int(gen["decoder_layers"])
+    params = enc_weight_bytes / 4
+    tokens = rows * context_len
+    enc = 2 * params * tokens + 4 * context_len**2 * d * layers * rows
+    first = 4 * d * d * context_len * rows * dec_layers
+    peak = gflops * 1e9
+    out = {
+        "encoder_s": enc / peak,
+        "first_step_s": first / peak,
+        "steps_s": max(0, steps - 1) * step["total"] / (bandwidth_gbps * 1e9),
+    }
+    out["total_s"] = sum(out.values())
+    return out
