@@ -213,10 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     qs = questions(args.questions)
     gen = {"n_docs": args.n_docs, "max_new_tokens": args.max_new_tokens}
 
-    from ragrt.triton_models.backend import make_thread_safe
-
     # threads share the engine: its tokenizers are serialized, as in the server's models
-    engine = make_thread_safe(RagEngine.load(art, index, intra_op_threads=args.threads))
+    engine = RagEngine.load(art, index, intra_op_threads=args.threads)  # thread-safe
     log("expected answers (in-process, one batch) ...")
     want = {q: r.token_ids for q, r in zip(qs, engine.generate(qs, **gen))}
 

@@ -9,6 +9,7 @@ truncation/padding are set explicitly per call, and ``decode`` applies transform
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,7 +34,12 @@ def clean_up_tokenization(text: str) -> str:
 
 
 class TextTokenizer:
-    """A ``tokenizers.Tokenizer`` with the settings ragrt needs (numpy in and out)."""
+    """A ``tokenizers.Tokenizer`` with the settings ragrt needs (numpy in and out).
+
+    Thread-safe: truncation is a setting of the shared Rust tokenizer, so each call that sets
+    it holds a lock (a ``tokenizers.Tokenizer`` also refuses concurrent mutable borrows).
+    Tokenizing is cheap next to inference; ONNX Runtime calls still run concurrently.
+    """
 
     def __init__(self, path: str | os.PathLike, *, pad_token_id: int, clean_up: bool = True):
         from tokenizers import Tokenizer
@@ -48,6 +54,7 @@ class TextTokenizer:
         self._tok.no_padding()
         self.pad_token_id = int(pad_token_id)
         self.clean_up = clean_up
+        self._lock = threading.Lock()
 
     @property
     def vocab_size(self) -> int:
@@ -55,7 +62,8 @@ class TextTokenizer:
 
     def token_count(self, text: str) -> int:
         """Number of ids ``text`` encodes to, special tokens included, before truncation."""
-        return len(self._tok.encode(text).ids)
+        with self._lock:
+            return len(self._tok.encode(text).ids)
 
     def encode_batch(
         self, texts: Sequence[str], max_length: int, pad_to: int | None = None
@@ -65,11 +73,12 @@ class TextTokenizer:
         Truncates to ``max_length`` (special tokens kept, as transformers' ``truncation=True``)
         and right-pads to the longest row, or to ``pad_to`` when given.
         """
-        self._tok.enable_truncation(max_length=max_length)
-        try:
-            encs = self._tok.encode_batch(list(texts))
-        finally:
-            self._tok.no_truncation()
+        with self._lock:
+            self._tok.enable_truncation(max_length=max_length)
+            try:
+                encs = self._tok.encode_batch(list(texts))
+            finally:
+                self._tok.no_truncation()
         longest = max((len(e.ids) for e in encs), default=0)
         width = max(longest, pad_to or 0)
         ids = np.full((len(encs), width), self.pad_token_id, dtype=np.int64)
@@ -81,7 +90,8 @@ class TextTokenizer:
         return ids, mask
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        text = self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        with self._lock:
+            text = self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
         return clean_up_tokenization(text) if self.clean_up else text
 
     def decode_batch(

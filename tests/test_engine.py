@@ -222,3 +222,18 @@ print("ok")
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_threads_share_one_engine(rag_engine):
+    """Concurrent generate() calls on one engine (as Triton's threaded instances make them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    qs = [QUESTIONS[i % 3] + "?" * (i % 2) for i in range(8)]
+    ref = [rag_engine.generate([q], n_docs=2, max_new_tokens=6)[0].token_ids for q in qs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(
+            pool.map(
+                lambda q: rag_engine.generate([q], n_docs=2, max_new_tokens=6)[0].token_ids, qs
+            )
+        )
+    assert got == ref

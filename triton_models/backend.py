@@ -57,15 +57,13 @@ def open_engine(
     from ragrt.engine import RagEngine
 
     if load == "full":
-        return make_thread_safe(
-            RagEngine.load(
-                model_dir,
-                index_dirs or None,
-                precision=precision,
-                device=device,
-                nprobe=nprobe,
-                intra_op_threads=threads,
-            )
+        return RagEngine.load(
+            model_dir,
+            index_dirs or None,
+            precision=precision,
+            device=device,
+            nprobe=nprobe,
+            intra_op_threads=threads,
         )
     from ragrt.sessions import SessionOptions
 
@@ -97,45 +95,7 @@ def open_engine(
         index.check_encoder(m)
     elif load != "encoder":
         raise ArtifactError(f"unknown ragrt_load {load!r} in the model config")
-    return make_thread_safe(RagEngine(m, qenc, None, None, index, precision, device, nprobe))
-
-
-class _LockedTokenizer:
-    """A tokenizer whose calls are serialized.
-
-    ``ragrt.text.TextTokenizer.encode_batch`` switches truncation on and off on the shared
-    ``tokenizers.Tokenizer``; two threads tokenizing at once fail with "Already borrowed" (or
-    one truncates with the other's setting). The ONNX Runtime sessions are thread-safe, so only
-    the tokenizers are locked and generation still runs concurrently.
-    """
-
-    def __init__(self, tok: Any):
-        self._tok = tok
-        self._lock = threading.RLock()
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._tok, name)
-        if not callable(attr):
-            return attr
-
-        def locked(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                return attr(*args, **kwargs)
-
-        return locked
-
-
-def make_thread_safe(engine: Any) -> Any:
-    """Serialize the engine's tokenizer calls (see :class:`_LockedTokenizer`) so that threads
-    may share one engine (``rag_stream`` workers; the serving benchmark's in-process side)."""
-    if engine.generator_tokenizer is not None and not isinstance(
-        engine.generator_tokenizer, _LockedTokenizer
-    ):
-        engine.generator_tokenizer = _LockedTokenizer(engine.generator_tokenizer)
-    qe = engine.question_encoder
-    if qe is not None and not isinstance(qe.tokenizer, _LockedTokenizer):
-        qe.tokenizer = _LockedTokenizer(qe.tokenizer)
-    return engine
+    return RagEngine(m, qenc, None, None, index, precision, device, nprobe)
 
 
 class _Tokenizer:
