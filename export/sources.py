@@ -148,11 +148,11 @@ def load_encoder(
     normalize: bool | None = None,
 ) -> EncoderSource:
     """A question/context encoder folder: DPR (pooler output) or any HF encoder (CLS/mean)."""
-    from transformers import AutoModel, DPRContextEncoder, DPRQuestionEncoder
-
     p = Path(path)
     what = role.replace("_", " ")
-    cfg = _read_config(p, what)
+    cfg = _read_config(p, what)  # before importing transformers: bad paths fail fast
+    from transformers import AutoModel, DPRContextEncoder, DPRQuestionEncoder
+
     model_type = cfg.get("model_type", "")
     if pooling is not None and pooling not in POOLINGS:
         raise InputError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
@@ -243,11 +243,11 @@ def _generation_defaults(gen_cfg, model_cfg, rag_cfg=None) -> GenerationDefaults
 
 
 def load_generator(path: str | os.PathLike) -> tuple[GeneratorSource, GenerationDefaults]:
-    from transformers import AutoModelForSeq2SeqLM
-
     p = Path(path)
     cfg = _read_config(p, "generator")
     fam = _generator_family(cfg.get("model_type", ""), p)
+    from transformers import AutoModelForSeq2SeqLM
+
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(str(p)).eval()
     except (OSError, ValueError) as e:
@@ -263,8 +263,6 @@ def load_rag_checkpoint(
     path: str | os.PathLike,
 ) -> tuple[EncoderSource, GeneratorSource, GenerationDefaults]:
     """A HF RAG checkpoint (config.json model_type "rag"), e.g. facebook/rag-token-nq."""
-    from transformers import RagSequenceForGeneration, RagTokenForGeneration, RagTokenizer
-
     p = Path(path)
     cfg = _read_config(p, "RAG checkpoint")
     if cfg.get("model_type") != "rag":
@@ -277,6 +275,8 @@ def load_rag_checkpoint(
     rag_type = "sequence" if any("Sequence" in a for a in archs) else "token"
     gen_type = (cfg.get("generator") or {}).get("model_type", "")
     fam = _generator_family(gen_type, p)
+    from transformers import RagSequenceForGeneration, RagTokenForGeneration, RagTokenizer
+
     cls = RagSequenceForGeneration if rag_type == "sequence" else RagTokenForGeneration
     try:
         rag = cls.from_pretrained(str(p)).eval()
@@ -317,6 +317,17 @@ def load_sources(
         raise InputError(
             "pass either a RAG checkpoint MODEL_DIR or --question-encoder/--generator, not both"
         )
+    # check every folder before loading any model: a typo fails in milliseconds
+    for path, what in (
+        (rag_dir, "RAG checkpoint"),
+        (question_encoder, "question encoder"),
+        (generator, "generator"),
+        (context_encoder, "context encoder"),
+    ):
+        if path is not None:
+            cfg = _read_config(Path(path), what)
+            if what == "generator":
+                _generator_family(cfg.get("model_type", ""), Path(path))
     if rag_dir is not None:
         q, g, gen = load_rag_checkpoint(rag_dir)
         desc = {"kind": "rag", "rag_dir": str(Path(rag_dir).resolve())}
