@@ -317,6 +317,11 @@ def load_sources(
         raise InputError(
             "pass either a RAG checkpoint MODEL_DIR or --question-encoder/--generator, not both"
         )
+    if rag_dir is None and (not question_encoder or not generator):
+        raise InputError(
+            "nothing to export: pass a RAG checkpoint MODEL_DIR, or both "
+            "--question-encoder DIR and --generator DIR"
+        )
     # check every folder before loading any model: a typo fails in milliseconds
     for path, what in (
         (rag_dir, "RAG checkpoint"),
