@@ -51,8 +51,8 @@ FLAT_BELOW = 20_000
 #: verify="auto" hashes files up to this size at open; larger ones get size + structure checks
 AUTO_HASH_BYTES = 64 << 20
 #: exact re-ranking looks at max(RERANK_MIN, RERANK_FACTOR * k) PQ candidates
-RERANK_FACTOR = 8
-RERANK_MIN = 64
+RERANK_FACTOR = 16
+RERANK_MIN = 256
 
 # sub-quantizer counts and dims per sub-quantizer that faiss-gpu's IVFPQ supports
 GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
@@ -587,7 +587,7 @@ class PassageIndex:
 
         ``nprobe`` defaults to the value calibrated at build time (recall@10 >= 0.95 vs exact).
         With exact embeddings stored, ``rerank`` (True, or a candidate count) re-scores
-        ``max(64, 8k)`` IVF-PQ candidates exactly and ``scores`` are exact ``q . d``.
+        ``max(256, 16k)`` IVF-PQ candidates exactly and ``scores`` are exact ``q . d``.
         """
         q = check_queries(question_embeddings, self.dim)
         k = check_k(k, len(self))
