@@ -118,3 +118,31 @@ def rag_engine(rag_bart_art, rag_bart_index):
     from ragrt.engine import RagEngine
 
     return RagEngine.load(rag_bart_art, rag_bart_index)
+
+
+@pytest.fixture(scope="session")
+def trained_engines(fixture_root, rag_bart_ckpt, small_corpus):
+    """fp32/fp16/int8 engines over a briefly trained (copying) BART generator: the fixture
+    on which reduced-precision token agreement is meaningful (see train_copy_generator)."""
+    from ragrt.engine import RagEngine
+    from ragrt.export import ExportOptions, export_artifacts
+    from ragrt.export.fixtures import save_encoder, train_copy_generator
+    from ragrt.index_build import BuildOptions, build_index
+
+    model, tok = train_copy_generator()
+    gen = save_encoder(model, tok, fixture_root / "trained-bart")
+    enc = rag_bart_ckpt["context_encoder"]
+    art = fixture_root / "art-trained"
+    export_artifacts(
+        ExportOptions(
+            out=art,
+            question_encoder=enc,
+            context_encoder=enc,
+            generator=gen,
+            precisions=["fp32", "fp16", "int8"],
+            progress=False,
+        )
+    )
+    index = fixture_root / "index-trained"
+    build_index(small_corpus, index, model=art, options=BuildOptions(progress=False))
+    return {p: RagEngine.load(art, index, precision=p) for p in ("fp32", "fp16", "int8")}

@@ -237,3 +237,37 @@ def test_threads_share_one_engine(rag_engine):
             )
         )
     assert got == ref
+
+
+# Documented floors (README, "Reduced precision"): mean prefix agreement of greedy RAG-Token
+# token ids with fp32, same docs, on the trained copy fixture.
+AGREEMENT_FLOORS = {"fp16": 0.9, "int8": 0.6}
+MORE_QUESTIONS = QUESTIONS + [
+    "how do I open a zip file",
+    "what is a regular expression",
+    "how to sort a list in place",
+    "what does functools.partial do",
+    "how to make a temporary directory",
+]
+
+
+def _prefix_agreement(a: list[int], b: list[int]) -> float:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n / max(len(a), len(b), 1)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_token_agreement(trained_engines, precision):
+    ref = trained_engines["fp32"].generate(MORE_QUESTIONS, n_docs=5, max_new_tokens=16)
+    assert len({tuple(r.token_ids) for r in ref}) >= len(ref) - 1, "fp32 outputs must be diverse"
+    got = trained_engines[precision].generate_from_docs(
+        MORE_QUESTIONS, [r.docs for r in ref], max_new_tokens=16
+    )
+    agree = float(np.mean([_prefix_agreement(a.token_ids, b.token_ids) for a, b in zip(ref, got)]))
+    exact = float(np.mean([a.token_ids == b.token_ids for a, b in zip(ref, got)]))
+    print(f"{precision}: prefix agreement {agree:.3f}, exact {exact:.3f}")
+    assert agree >= AGREEMENT_FLOORS[precision], (agree, exact)
