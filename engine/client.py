@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ragrt.errors import InputError, RagrtError, ServerError
+from ragrt.inputs import check_questions
 from ragrt.results import Doc, GenerationResult
 from ragrt.triton_models import wire
 
@@ -128,15 +129,8 @@ def _server_error(e: BaseException, url: str) -> RagrtError:
 
 
 def _check_questions(questions: Any) -> list[str]:
-    if isinstance(questions, str):
-        raise InputError("questions must be a list of strings; wrap a single question in [...]")
-    qs = list(questions)
-    if not qs:
-        raise InputError("no questions given")
-    for i, q in enumerate(qs):
-        if not isinstance(q, str):
-            raise InputError(f"question {i} is {type(q).__name__}, not a string")
-    return qs
+    # blank questions go to the server, which answers them with a per-item error
+    return check_questions(questions, require_text=False)
 
 
 class _Base:

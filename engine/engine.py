@@ -23,6 +23,7 @@ import numpy as np
 from ragrt import manifest as manifest_mod
 from ragrt.encoders import TextEncoder
 from ragrt.errors import InputError, RagrtError
+from ragrt.inputs import check_questions
 from ragrt.manifest import ArtifactManifest, check_precision
 from ragrt.results import Doc, GenerationResult, Hypothesis
 from ragrt.sessions import SessionOptions
@@ -114,17 +115,7 @@ class RagEngine:
 
     # -- input checks ----------------------------------------------------------------------
     def _check_questions(self, questions: Any) -> list[str]:
-        if isinstance(questions, str):
-            raise InputError("questions must be a list of strings; wrap a single question in [...]")
-        qs = list(questions)
-        if not qs:
-            raise InputError("no questions given")
-        for i, q in enumerate(qs):
-            if not isinstance(q, str):
-                raise InputError(f"question {i} is {type(q).__name__}, not a string")
-            if not q.strip():
-                raise InputError(f"question {i} is empty; ask something")
-        return qs
+        return check_questions(questions)
 
     def _check_n_docs(self, n_docs: int) -> int:
         if isinstance(n_docs, bool) or not isinstance(n_docs, (int, np.integer)) or n_docs <= 0:

@@ -235,7 +235,7 @@ def generator_parity(
                 "encoder_hidden_states": states,
             },
         )[0]
-        agree = [_prefix_agreement(a, b) for a, b in zip(ref_seqs, got)]
+        agree = [prefix_agreement(a, b) for a, b in zip(ref_seqs, got)]
         metrics = {
             "logits_max_abs": float(np.abs(logits - ref_logits).max()),
             "generator_logits_min_cosine": float(_cosines(logits[:, -1], ref_logits[:, -1]).min()),
@@ -248,7 +248,7 @@ def generator_parity(
     return rows
 
 
-def _prefix_agreement(ref: list[int], got: list[int]) -> float:
+def prefix_agreement(ref: list[int], got: list[int]) -> float:
     """Fraction of the longer sequence covered by the common prefix (1.0 = identical)."""
     n = 0
     for a, b in zip(ref, got):

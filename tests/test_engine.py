@@ -251,23 +251,16 @@ MORE_QUESTIONS = QUESTIONS + [
 ]
 
 
-def _prefix_agreement(a: list[int], b: list[int]) -> float:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n / max(len(a), len(b), 1)
-
-
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_reduced_precision_token_agreement(trained_engines, precision):
+    from ragrt.export.parity import prefix_agreement
+
     ref = trained_engines["fp32"].generate(MORE_QUESTIONS, n_docs=5, max_new_tokens=16)
     assert len({tuple(r.token_ids) for r in ref}) >= len(ref) - 1, "fp32 outputs must be diverse"
     got = trained_engines[precision].generate_from_docs(
         MORE_QUESTIONS, [r.docs for r in ref], max_new_tokens=16
     )
-    agree = float(np.mean([_prefix_agreement(a.token_ids, b.token_ids) for a, b in zip(ref, got)]))
+    agree = float(np.mean([prefix_agreement(a.token_ids, b.token_ids) for a, b in zip(ref, got)]))
     exact = float(np.mean([a.token_ids == b.token_ids for a, b in zip(ref, got)]))
     print(f"{precision}: prefix agreement {agree:.3f}, exact {exact:.3f}")
     assert agree >= AGREEMENT_FLOORS[precision], (agree, exact)
