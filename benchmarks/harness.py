@@ -98,6 +98,7 @@ class Settings:
     max_load: float | None = None  # wait until the 1-min load average is below this
     wait_s: float = 0.0
     bandwidth_mib: int = 512
+    pause_s: float = 0.05  # untimed pause before each call (threads of the last system idle)
     smoke: bool = False
 
     @classmethod
@@ -314,6 +315,12 @@ def summarize(samples: list[dict[str, Any]], w: Workload) -> dict[str, Any]:
         k: float(np.median([s["stages"].get(k, 0.0) for s in samples]))
         for k in sorted({k for s in samples for k in s["stages"]})
     }
+    top = ("question_encoding", "search", "contexts", "generator")
+    stages["other"] = float(
+        np.median(
+            [max(0.0, s["latency_s"] - sum(s["stages"].get(k, 0.0) for k in top)) for s in samples]
+        )
+    )
     steps = stages.get("decode_steps") or w.new_tokens
     loop = stages.get("decode_loop", 0.0)
     st.update(
@@ -331,25 +338,43 @@ def summarize(samples: list[dict[str, Any]], w: Workload) -> dict[str, Any]:
     return st
 
 
-def agreement(base: list[list[Any]], other: list[list[Any]]) -> dict[str, Any]:
+def agreement(base: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:
     """Agreement of ``other``'s answers with ``base``'s over the same calls.
 
-    Each element is (token_ids per question, doc_ids per question, score per question).
+    Each element is one call's outputs: ``token_ids``, ``doc_ids`` and ``scores`` per question,
+    and (reference, greedy) ``margins``: per question and step, the best minus the second-best
+    marginal log-prob. For every question whose tokens differ, ``divergences`` gives the first
+    differing step, whether the docs were the same, and the base's margin at that step: a
+    margin near 0 is a float near-tie that rounding legitimately flips.
     """
     seq_same = tok_same = tok_total = doc_same = n = 0
     score_diff = 0.0
     distinct = []
-    for (bt, bd, bs), (ot, od, os_) in zip(base, other):
-        for i in range(len(bt)):
+    divergences = []
+    for call, (b, o) in enumerate(zip(base, other)):
+        for i in range(len(b["token_ids"])):
             n += 1
-            a, b = bt[i], ot[i]
-            seq_same += a == b
-            width = max(len(a), len(b))
-            tok_same += sum(x == y for x, y in zip(a, b))
-            tok_total += width
-            doc_same += bd[i] == od[i]
-            score_diff = max(score_diff, abs(bs[i] - os_[i]))
-            distinct.append(len(set(a)))
+            x, y = b["token_ids"][i], o["token_ids"][i]
+            seq_same += x == y
+            tok_same += sum(p == q for p, q in zip(x, y))
+            tok_total += max(len(x), len(y))
+            same_docs = b["doc_ids"][i] == o["doc_ids"][i]
+            doc_same += same_docs
+            score_diff = max(score_diff, abs(b["scores"][i] - o["scores"][i]))
+            distinct.append(len(set(x)))
+            if x != y:
+                t = next((k for k, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+                m = (b.get("margins") or [None] * (i + 1))[i]
+                divergences.append(
+                    {
+                        "call": call,
+                        "question": i,
+                        "first_diff_step": t,
+                        "same_docs": same_docs,
+                        "base_margin_at_diff": m[t] if m and t < len(m) else None,
+                    }
+                )
+    margins = [v for b in base for m in (b.get("margins") or []) if m for v in m if v is not None]
     return {
         "questions": n,
         "identical_sequences": seq_same / n if n else None,
@@ -357,6 +382,8 @@ def agreement(base: list[list[Any]], other: list[list[Any]]) -> dict[str, Any]:
         "same_docs": doc_same / n if n else None,
         "max_abs_score_diff": score_diff,
         "base_distinct_tokens_mean": float(np.mean(distinct)) if distinct else None,
+        "base_margin_median": float(np.median(margins)) if margins else None,
+        "divergences": divergences,
     }
 
 
@@ -581,10 +608,15 @@ class Bench:
                 if index is None:
                     index = PassageIndex.open(bm.index, device="cpu")
                 loaded[name] = TorchRagSystem(bm, index, name, self.s.device, threads)
+            load_s = time.perf_counter() - t0
             after = rss_mib()
+            # one call touches every mmapped weight page and sizes the arenas
+            loaded[name].run([QUESTIONS[0]], Workload(**self.s.headline))
+            warm = rss_mib()
             info["load_rss_mib"][name] = {
                 "rss_increase": (after - before) if (after and before) else None,
-                "load_s": time.perf_counter() - t0,
+                "resident_mib": (warm - before) if (warm and before) else None,
+                "load_s": load_s,
             }
             info.setdefault("systems", {})[name] = getattr(loaded[name], "info", {})
         return loaded
@@ -610,13 +642,21 @@ class Bench:
                 order = names[k % len(names) :] + names[: k % len(names)]
                 k += 1
                 for name in order:
+                    # let the previous system's idle threads (ORT spin-waits, OpenMP) settle
+                    time.sleep(s.pause_s)
                     ans, sample = run_call(loaded[name], qs, w)
                     sample.update(repeat=rep, batch_index=bi)
                     samples[name].append(sample)
-                    out = (ans.token_ids, ans.doc_ids, ans.scores)
+                    out = {
+                        "questions": qs,
+                        "token_ids": ans.token_ids,
+                        "doc_ids": ans.doc_ids,
+                        "scores": ans.scores,
+                        "margins": ans.detail.pop("margins", None),
+                    }
                     if rep == 0:
                         outputs[name].append(out)
-                    elif outputs[name][bi][0] != ans.token_ids:
+                    elif outputs[name][bi]["token_ids"] != ans.token_ids:
                         unstable[name] += 1
         base = "reference" if "reference" in names else (names[0] if names else None)
         runs = []
@@ -631,8 +671,14 @@ class Bench:
                 "samples": samples[name],
                 "outputs_changed_between_repeats": unstable[name],
             }
+            run["outputs"] = outputs[name]
             if base and name != base:
                 run["agreement"] = agreement(outputs[base], outputs[name]) | {"baseline": base}
+            if name.startswith("ragrt-") and "optimum-longest" in names:
+                # the same generator tensors through optimum's ONNX Runtime loop
+                run["agreement_vs_optimum_longest"] = agreement(
+                    outputs["optimum-longest"], outputs[name]
+                )
             runs.append(run)
             self.log(
                 f"    {name:16s} p50 {st['p50'] * 1000:8.1f} ms  p90 {st['p90'] * 1000:8.1f} ms  "
@@ -708,13 +754,17 @@ def roofline_points(result: dict[str, Any]) -> list[dict[str, Any]]:
     return pts
 
 
-def floors(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Physical lower bounds of ragrt's headline calls, and the largest speedup they allow.
+BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}
 
-    floor = measured (question encoding + search + contexts) + generator floor (encoder and
-    first step at the measured sgemm rate, later steps at the measured bandwidth), using the
-    context length ragrt actually ran (``ragged`` = the same with every context at its mean
-    length instead of padded to the longest: what a ragged encoder could reach).
+
+def floors(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Physical lower bounds of ragrt's headline and batch-sweep calls.
+
+    floor = measured (question encoding + search + contexts) + generator floor
+    (:func:`ragrt.benchmarks.roofline.generator_floor`) at the context length ragrt ran
+    (padded to the longest context of the call). For the headline: the largest speedup over
+    the reference the floor allows; for batches: the throughput ceiling and the batch-B over
+    batch-1 gain an ideal implementation would get.
     """
     from ragrt.benchmarks.roofline import generator_floor, step_bytes
 
@@ -724,7 +774,14 @@ def floors(result: dict[str, Any]) -> list[dict[str, Any]]:
     for size, model in result["models"].items():
         ref = _find(result, size, head, "reference")
         for r in result["runs"]:
-            if r["size"] != size or r["workload"] != head or not r["system"].startswith("ragrt-"):
+            w = r["workload"]
+            same_but_batch = {k: v for k, v in w.items() if k != "batch"} == {
+                k: v for k, v in head.items() if k != "batch"
+            }
+            # fp32 on CPU only: the compute roof is the measured fp32 sgemm rate of the host
+            if r["size"] != size or r["system"] != "ragrt-fp32" or not same_but_batch:
+                continue
+            if result["settings"]["device"] != "cpu":
                 continue
             prec = r["system"].split("-", 1)[1]
             wb = model["step_weight_bytes"].get(prec)
@@ -733,25 +790,28 @@ def floors(result: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             st = r["stats"]["stages"]
             ctx = int(np.median([s["detail"].get("context_len") or 0 for s in r["samples"]]))
-            rows = head["batch"] * head["num_beams"] * head["n_docs"]
-            fixed = (
-                st.get("question_encoding", 0.0) + st.get("search", 0.0) + st.get("contexts", 0.0)
-            )
-            sb = step_bytes(wb["streamed"], model["generator"], rows, ctx, head["new_tokens"])
+            rows = w["batch"] * w["num_beams"] * w["n_docs"]
+            fixed = sum(st.get(k, 0.0) for k in ("question_encoding", "search", "contexts"))
+            sb = step_bytes(wb["streamed"], model["generator"], rows, ctx, w["new_tokens"])
             g = generator_floor(
                 eb,
                 sb,
                 model["generator"],
-                head["batch"] * head["n_docs"],
+                rows,
+                w["batch"] * w["n_docs"],
                 ctx,
-                head["new_tokens"],
+                w["new_tokens"],
                 bw["limit_gbps"],
                 bw["matmul_gflops"],
+                BYTES_PER_PARAM.get(prec, 4.0),
+                int(np.median([s["detail"].get("context_tokens") or 0 for s in r["samples"]])),
             )
             total = fixed + g["total_s"]
             item = {
                 "size": size,
                 "system": r["system"],
+                "batch": w["batch"],
+                "headline": w == head,
                 "context_len": ctx,
                 "fixed_s": fixed,
                 "generator_floor": g,
@@ -759,10 +819,31 @@ def floors(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "measured_s": r["stats"]["p50"],
                 "measured_generator_s": r["stats"]["generator_p50"],
                 "fraction_of_floor": total / r["stats"]["p50"],
+                "ceiling_questions_per_s": w["batch"] / total,
+                "measured_questions_per_s": r["stats"]["questions_per_s"],
             }
-            if ref is not None:
+            if "total_ragged_s" in g:
+                item["floor_ragged_s"] = fixed + g["total_ragged_s"]
+            if ref is not None and w == head:
                 item["max_speedup_vs_reference"] = ref["stats"]["p50"] / total
+                if "floor_ragged_s" in item:
+                    item["max_speedup_ragged_vs_reference"] = (
+                        ref["stats"]["p50"] / item["floor_ragged_s"]
+                    )
             out.append(item)
+    for item in out:  # ideal batch gain: ceiling at batch B over ceiling at the headline batch
+        one = next(
+            (
+                x
+                for x in out
+                if x["size"] == item["size"] and x["system"] == item["system"] and x["headline"]
+            ),
+            None,
+        )
+        if one is not None:
+            item["ideal_gain_vs_headline_batch"] = (
+                item["ceiling_questions_per_s"] / one["ceiling_questions_per_s"]
+            )
     return out
 
 

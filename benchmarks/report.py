@@ -99,8 +99,8 @@ def plots(result: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
     plt.close(fig)
 
     # throughput vs batch
-    size = (result["settings"].get("sweep_sizes") or sizes[:1])[0]
-    bruns = _runs(result, size, "batch")
+    sweep_size = (result["settings"].get("sweep_sizes") or sizes[:1])[0]
+    bruns = _runs(result, sweep_size, "batch")
     if bruns:
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         for name in _order(list({r["system"] for r in bruns})):
@@ -117,7 +117,7 @@ def plots(result: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
             ax.set_ylabel(lab)
             ax.grid(alpha=0.3, which="both")
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"Throughput vs batch, {size} ({where})", fontsize=10)
+        fig.suptitle(f"Throughput vs batch, {sweep_size} ({where})", fontsize=10)
         fig.tight_layout()
         paths["plot_throughput"] = out / f"{stem}_throughput.png"
         fig.savefig(paths["plot_throughput"], dpi=110)
@@ -193,11 +193,11 @@ def plots(result: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
 
     # sweeps
     axes_keys = [("n_docs", "n_docs"), ("num_beams", "num_beams"), ("new_tokens", "new tokens")]
-    have = [(k, lab) for k, lab in axes_keys if _runs(result, size, k)]
+    have = [(k, lab) for k, lab in axes_keys if _runs(result, sweep_size, k)]
     if have:
         fig, axes = plt.subplots(1, len(have), figsize=(4.2 * len(have), 3.6), squeeze=False)
         for ax, (key, lab) in zip(axes[0], have):
-            rs_all = _runs(result, size, key)
+            rs_all = _runs(result, sweep_size, key)
             for name in _order(list({r["system"] for r in rs_all})):
                 rs = sorted(
                     (r for r in rs_all if r["system"] == name), key=lambda r: r["workload"][key]
@@ -212,7 +212,7 @@ def plots(result: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
             ax.set_ylabel("p50 latency (ms)")
             ax.grid(alpha=0.3)
         axes[0, 0].legend(fontsize=8)
-        fig.suptitle(f"Sweeps around the headline workload, {size}, batch 1", fontsize=10)
+        fig.suptitle(f"Sweeps around the headline workload, {sweep_size}, batch 1", fontsize=10)
         fig.tight_layout()
         paths["plot_sweeps"] = out / f"{stem}_sweeps.png"
         fig.savefig(paths["plot_sweeps"], dpi=110)
@@ -331,8 +331,8 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
                     _x(r.get("speedup_vs_reference")),
                     _ms(st["generator_p50"]),
                     _x(r.get("generator_speedup_vs_reference")),
-                    f"{(load.get('rss_increase') or 0):.0f}",
-                    f"{(st.get('peak_rss_mib') or 0):.0f}",
+                    f"{(load.get('resident_mib') or load.get('rss_increase') or 0):.0f}",
+                    f"{(st.get('peak_rss_delta_mib') or 0):.0f}",
                     _pct(ag.get("identical_sequences")) if ag else "baseline",
                     _pct(ag.get("token_agreement")) if ag else "-",
                     _pct(ag.get("same_docs")) if ag else "-",
@@ -350,8 +350,8 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
                     "vs ref",
                     "generator ms",
                     "gen vs ref",
-                    "weights RSS MiB",
-                    "peak RSS MiB",
+                    "resident MiB",
+                    "call peak +MiB",
                     "identical seqs",
                     "token agr.",
                     "same docs",
@@ -359,6 +359,41 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
                 rows,
             )
         )
+        lines = []
+        for r in runs:
+            ag = r.get("agreement") or {}
+            divs = ag.get("divergences") or []
+            same = r.get("agreement_vs_optimum_longest")
+            bits = []
+            if same is not None:
+                bits.append(
+                    f"identical to optimum-longest (same tensors, ONNX Runtime) on "
+                    f"{_pct(same['identical_sequences'])} of questions"
+                )
+            if divs:
+                shown = ", ".join(
+                    f"step {d['first_diff_step']}"
+                    + ("" if d["same_docs"] else " (other docs)")
+                    + (
+                        f" margin {d['base_margin_at_diff']:.2g}"
+                        if d.get("base_margin_at_diff") is not None
+                        else ""
+                    )
+                    for d in divs[:6]
+                )
+                bits.append(f"{len(divs)} question(s) differ from the reference: first at {shown}")
+            if bits:
+                lines.append(f"- `{r['system']}`: " + "; ".join(bits) + ".")
+        if lines:
+            ref_ag = next((r.get("agreement") for r in runs if r.get("agreement")), {}) or {}
+            med = ref_ag.get("base_margin_median")
+            md.append(
+                "\nAgreement details (margin = the reference's best minus second-best marginal "
+                "log-prob at the first differing step; near 0 means a float near-tie"
+                + (f"; the reference's median margin over all steps is {med:.2g}" if med else "")
+                + "):\n"
+            )
+            md.extend(lines)
         md.append("\nStage breakdown (median ms per call) and the decode step:\n")
         rows = []
         for r in runs:
@@ -510,15 +545,17 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
     fl = result.get("floors") or []
     if fl:
         md.append(
-            "\n## Physical floor of the headline call\n\n"
+            "\n## Physical floor (what this machine allows)\n\n"
             "Measured question encoding + search + contexts, plus the generator at this "
-            "machine's limits: encoder and first decode step (cross-attention K/V "
-            "projections) at the measured sgemm rate, every later step at the measured memory "
-            "bandwidth; with the context length ragrt ran (padded to the longest context). "
-            "'max speedup' = reference p50 / floor: an estimate of the most any implementation "
-            "of the same computation (same padded contexts) could reach here; going below it "
-            "takes less work (e.g. unpadded contexts, smaller weights), not faster code. int8 "
-            "floors use the fp32 arithmetic rate (indicative only).\n"
+            "machine's limits: the encoder and the first decode step (cross-attention K/V "
+            "projections) at the measured sgemm rate; every later step at the larger of its "
+            "bytes / measured bandwidth and its arithmetic / sgemm rate; with the context "
+            "length ragrt ran (padded to the longest context). 'max speedup' = reference p50 / "
+            "floor: the most any implementation of the same computation could reach here; "
+            "going below the floor takes less work (unpadded contexts, smaller weights), not "
+            "faster code. 'ideal gain' = throughput ceiling at this batch over the ceiling at "
+            "batch 1. fp32 only (the roof is the fp32 sgemm rate); 'ragged' = the same with "
+            "every context encoded at its own length.\n"
         )
         rows = []
         for f in fl:
@@ -527,15 +564,23 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
                 [
                     f["size"],
                     f["system"],
+                    str(f["batch"]),
                     str(f["context_len"]),
                     _ms(f["fixed_s"]),
                     _ms(g["encoder_s"]),
                     _ms(g["first_step_s"]),
-                    _ms(g["steps_s"]),
+                    _ms(g["steps_s"]) + f" ({g.get('step_bound', '')})",
                     _ms(f["floor_s"]),
                     _ms(f["measured_s"]),
                     _pct(f["fraction_of_floor"]),
-                    _x(f.get("max_speedup_vs_reference")),
+                    _x(f.get("max_speedup_vs_reference"))
+                    + (
+                        f" ({_x(f['max_speedup_ragged_vs_reference'])} ragged)"
+                        if f.get("max_speedup_ragged_vs_reference")
+                        else ""
+                    ),
+                    f"{f['ceiling_questions_per_s']:.2f} / {f['measured_questions_per_s']:.2f}",
+                    _x(f.get("ideal_gain_vs_headline_batch")),
                 ]
             )
         md.append(
@@ -543,6 +588,7 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
                 [
                     "size",
                     "system",
+                    "batch",
                     "ctx len",
                     "qenc+search+ctx ms",
                     "encoder floor ms",
@@ -552,6 +598,8 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
                     "measured p50 ms",
                     "floor / measured",
                     "max speedup vs ref",
+                    "questions/s ceiling / measured",
+                    "ideal gain vs batch 1",
                 ],
                 rows,
             )
@@ -573,15 +621,19 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
         "`optimum`: the same pipeline with optimum's `ORTModelForSeq2SeqLM` (ragrt's own fp32 "
         "graphs) as the generator; `optimum-longest` pads contexts to the longest instead of "
         "300 (the exact tensors ragrt feeds its generator). `ragrt-*`: `RagEngine.generate`.\n"
-        "- Models: published DPR/BART configurations (BART vocabulary 50265) with seeded random "
-        "weights; the index is the bundled stdlib-docs corpus (a few hundred passages), so "
-        "search time is far below a 21M-passage Wikipedia index.\n"
+        "- Models: published DPR (BERT-base) and BART configurations, BART's 50265-token "
+        "vocabulary included, with seeded random weights (generator init std 0.2, so that "
+        "answers depend on the question); generator tokenizer: a byte-level BPE trained "
+        "offline (~5.6k tokens). Index: the bundled stdlib-docs corpus re-cut into 100-word "
+        "passages as DPR's Wikipedia (351 passages, flat index), so search costs far less "
+        "than on a 21M-passage index.\n"
         "- Agreement: generated token ids per question against the reference's (first "
         "repeat; outputs are checked to be identical across repeats), retrieved doc ids, and "
         "the largest difference in sequence score.\n"
-        "- Peak RSS: `VmHWM` during the call (reset through `/proc/self/clear_refs` before "
-        "it); it includes every model loaded in the process. 'weights RSS' = RSS increase "
-        "when the system was loaded."
+        "- Memory: 'resident' = RSS added by loading the system and running one call "
+        "(mmapped weights are touched then); 'call peak +' = `VmHWM` during a call (reset "
+        "through `/proc/self/clear_refs` before it) minus RSS before it: the transient "
+        "working memory of the call."
     )
     return "\n".join(md) + "\n"
 

@@ -176,30 +176,46 @@ def generator_floor(
     step: dict[str, float],
     gen: dict[str, Any],
     rows: int,
+    contexts: int,
     context_len: int,
     steps: int,
     bandwidth_gbps: float,
     gflops: float,
+    bytes_per_param: float = 4.0,
+    real_tokens: int | None = None,
 ) -> dict[str, float]:
-    """Lower bound on the generator part (seconds) for one call on this machine.
+    """Lower bound on the generator part (seconds) of one call on this machine.
 
-    Encoder: ``2 * params * tokens`` (+ attention ``4 * L^2 * d`` per row and layer) at the
-    measured sgemm rate; first decode step: the cross-attention K/V projections of every row
-    (``2 * 2 * d^2 * L`` per row and layer) at that rate; every later step: its bytes at the
-    measured bandwidth. fp32 parameters are ``bytes / 4`` (for int8 graphs this overstates the
-    arithmetic of integer kernels, so treat int8 floors as indicative).
+    ``contexts`` encoded contexts of ``context_len`` tokens, ``rows`` decoder rows. Encoder:
+    ``2 * params * tokens`` + attention ``4 * L^2 * d`` per context and layer, at the measured
+    sgemm rate. First decode step: the cross-attention K/V projections of every row
+    (``4 * d^2 * L`` per row and layer). Every later step: the larger of its bytes at the
+    measured bandwidth and its arithmetic (``2 * params * rows`` + attention) at the sgemm rate
+    (a step is memory-bound for a few rows, compute-bound for many). Integer kernels are
+    counted at the fp32 rate, so use this for fp32 only.
     """
     d, layers = int(gen["d_model"]), int(gen["encoder_layers"])
     dec_layers = int(gen["decoder_layers"])
-    params = enc_weight_bytes / 4
-    tokens = rows * context_len
-    enc = 2 * params * tokens + 4 * context_len**2 * d * layers * rows
-    first = 4 * d * d * context_len * rows * dec_layers
     peak = gflops * 1e9
+    enc_params = enc_weight_bytes / bytes_per_param
+    enc = 2 * enc_params * contexts * context_len + 4 * context_len**2 * d * layers * contexts
+    first = 4 * d * d * context_len * rows * dec_layers
+    step_params = step["weights"] / bytes_per_param
+    avg_t = steps / 2.0
+    step_flops = 2 * step_params * rows + 4 * rows * dec_layers * d * (context_len + avg_t)
+    t_step = max(step["total"] / (bandwidth_gbps * 1e9), step_flops / peak)
     out = {
         "encoder_s": enc / peak,
         "first_step_s": first / peak,
-        "steps_s": max(0, steps - 1) * step["total"] / (bandwidth_gbps * 1e9),
+        "steps_s": max(0, steps - 1) * t_step,
     }
     out["total_s"] = sum(out.values())
+    if real_tokens:  # each context encoded at its own length (a ragged encoder)
+        mean = real_tokens / contexts
+        ragged = 2 * enc_params * real_tokens + 4 * mean**2 * d * layers * contexts
+        out["encoder_ragged_s"] = ragged / peak
+        out["total_ragged_s"] = out["total_s"] - out["encoder_s"] + out["encoder_ragged_s"]
+    out["step_bound"] = (
+        "compute" if step_flops / peak > step["total"] / (bandwidth_gbps * 1e9) else "memory"
+    )  # type: ignore[assignment]
     return out

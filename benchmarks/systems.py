@@ -175,6 +175,7 @@ class RagrtSystem:
             prep = contexts(*args)
             c.add("contexts", perf_counter() - t0)
             c.marks["context_shape"] = prep.context_ids.shape  # type: ignore[assignment]
+            c.marks["context_tokens"] = int(prep.context_mask.sum())
             return prep
 
         e._contexts = timed_contexts
@@ -226,7 +227,11 @@ class RagrtSystem:
             [float(r.score) for r in res],
             latency,
             stages,
-            {"context_len": int(shape[1]) if shape else None, "ort_past_calls": c.n["ort_past"]},
+            {
+                "context_len": int(shape[1]) if shape else None,
+                "context_tokens": c.marks.get("context_tokens"),
+                "ort_past_calls": c.n["ort_past"],
+            },
         )
 
     def close(self) -> None:
@@ -457,12 +462,18 @@ class TorchRagSystem:
             self._sync()
             t4 = perf_counter()
         seqs = out.sequences.cpu().numpy()
+        margins = None
         if w.num_beams > 1:
             scores = out.sequences_scores.float().cpu().numpy().tolist()
         else:  # greedy: sum of the processed (marginalized) log-probs of the chosen tokens
             step_scores = torch.stack([s.float() for s in out.scores], 1).cpu()  # [B, T, V]
             chosen = torch.from_numpy(seqs[:, 1:]).unsqueeze(-1)
             scores = step_scores.gather(2, chosen).squeeze(-1).sum(1).numpy().tolist()
+            # how close each greedy choice was: best minus second-best marginal log-prob
+            # (inf where a processor forced the token); explains fp32 divergences
+            top2 = step_scores.topk(2, dim=2).values
+            gap = (top2[..., 0] - top2[..., 1]).numpy()
+            margins = [[round(float(x), 6) if np.isfinite(x) else None for x in r] for r in gap]
         steps = len(out.scores)
         loop = c.marks.get("loop_end", t4) - c.marks.get("encoder_end", t3)
         stages = {
@@ -482,7 +493,7 @@ class TorchRagSystem:
             [float(s) for s in scores],
             t4 - t0,
             stages,
-            {"context_len": int(ids.shape[1])},
+            {"context_len": int(ids.shape[1]), "margins": margins},
         )
 
     def close(self) -> None:

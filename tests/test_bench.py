@@ -74,6 +74,11 @@ def test_smoke_agreement_with_reference(smoke):
         assert a["identical_sequences"] == 1.0, a
         assert a["same_docs"] == 1.0, a
         assert a["max_abs_score_diff"] < 1e-3, a
+    head = {x["system"]: x for x in r["runs"] if "headline" in x["groups"]}
+    # token ids of every call are stored, and ragrt is compared with optimum on equal tensors
+    assert head["reference"]["outputs"][0]["token_ids"]
+    assert head["reference"]["outputs"][0]["margins"]
+    assert head["ragrt-fp32"]["agreement_vs_optimum_longest"]["identical_sequences"] == 1.0
 
 
 def test_smoke_outputs_written(smoke):
@@ -85,6 +90,9 @@ def test_smoke_outputs_written(smoke):
     summary = (out / "SUMMARY.md").read_text()
     assert "## Targets" in summary and "ragrt-fp32" in summary and r["machine"]["cpu"] in summary
     assert r["roofline"] and all(p["floor_ms"] > 0 for p in r["roofline"])
+    fl = [f for f in r["floors"] if f["system"] == "ragrt-fp32"]
+    assert fl and all(f["floor_s"] > 0 and f["ceiling_questions_per_s"] > 0 for f in fl)
+    assert any("max_speedup_vs_reference" in f for f in fl)
     assert {t["target"].split(" ")[1] for t in r["targets"]} >= {"fp32", "int8"}
 
 
@@ -141,13 +149,36 @@ def test_question_batches_cycle():
 
 
 def test_agreement_and_percentiles():
-    base = [([[1, 2, 3], [4, 5]], [["a", "b"], ["c", "d"]], [-1.0, -2.0])]
-    other = [([[1, 2, 3], [4, 6]], [["a", "b"], ["d", "c"]], [-1.0, -2.5])]
+    base = [
+        {
+            "token_ids": [[1, 2, 3], [4, 5]],
+            "doc_ids": [["a", "b"], ["c", "d"]],
+            "scores": [-1.0, -2.0],
+            "margins": [[None, 0.5, 0.2], [0.3, 1e-5]],
+        }
+    ]
+    other = [
+        {
+            "token_ids": [[1, 2, 3], [4, 6]],
+            "doc_ids": [["a", "b"], ["d", "c"]],
+            "scores": [-1.0, -2.5],
+        }
+    ]
     a = harness.agreement(base, other)
     assert a["identical_sequences"] == 0.5
     assert a["token_agreement"] == pytest.approx(4 / 5)
     assert a["same_docs"] == 0.5
     assert a["max_abs_score_diff"] == pytest.approx(0.5)
+    assert a["divergences"] == [
+        {
+            "call": 0,
+            "question": 1,
+            "first_diff_step": 1,
+            "same_docs": False,
+            "base_margin_at_diff": 1e-5,
+        }
+    ]
+    assert a["base_margin_median"] == pytest.approx(0.25)
     p = harness.percentiles([1.0, 2.0, 3.0, 4.0])
     assert p["p50"] == 2.5 and p["n"] == 4 and p["min"] == 1.0
 
