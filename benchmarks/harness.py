@@ -549,6 +549,7 @@ class Bench:
                     result["load"]["during"].append(
                         {"size": size, "workload": e.workload.to_dict()} | load_snapshot()
                     )
+                    self._checkpoint(result, bm)
             finally:
                 for sys_ in loaded.values():
                     sys_.close()
@@ -564,6 +565,14 @@ class Bench:
         ]
         result["targets"] = evaluate_targets(result)
         return result
+
+    def _checkpoint(self, result: dict[str, Any], bm: Any) -> None:
+        """Everything measured so far, next to the model cache (survives a killed run)."""
+        try:
+            p = bm.root.parent / f"partial_{self.s.device}.json"
+            p.write_text(json.dumps(result, default=_json_default) + "\n")
+        except OSError:
+            pass
 
     def _model_info(self, bm: Any, precisions: tuple[str, ...]) -> dict[str, Any]:
         from ragrt.benchmarks import roofline
