@@ -99,6 +99,7 @@ class Settings:
     wait_s: float = 0.0
     bandwidth_mib: int = 512
     pause_s: float = 0.05  # untimed pause before each call (threads of the last system idle)
+    resume: bool = False  # continue a killed run with the same settings
     smoke: bool = False
 
     @classmethod
@@ -536,11 +537,20 @@ class Bench:
             sorted({x.split("-", 1)[1] for x in self.systems if x.startswith("ragrt-")} | {"fp32"})
         )
         plan = build_plan(s, self.systems)
+        done: set[tuple[str, str]] = set()
+        if s.resume:
+            result, done = self._resume(result)
         for size in s.sizes:
+            entries = [
+                e
+                for e in plan
+                if e.size == size and (size, json.dumps(e.workload.to_dict())) not in done
+            ]
+            if not entries:
+                continue
             enc = "bert-tiny" if size == "bart-tiny" else s.encoder_size
             bm = prepare(enc, size, precisions, cache=Path(s.cache) if s.cache else None)
             result["models"][size] = self._model_info(bm, precisions)
-            entries = [e for e in plan if e.size == size]
             needed = list(dict.fromkeys(x for e in entries for x in e.systems))
             loaded = self._load_systems(bm, needed, threads, result["models"][size])
             try:
@@ -566,13 +576,41 @@ class Bench:
         result["targets"] = evaluate_targets(result)
         return result
 
+    def _partial_path(self) -> Path:
+        from ragrt.benchmarks.models import DEFAULT_CACHE
+
+        return Path(self.s.cache or DEFAULT_CACHE) / f"partial_{self.s.device}.json"
+
     def _checkpoint(self, result: dict[str, Any], bm: Any) -> None:
         """Everything measured so far, next to the model cache (survives a killed run)."""
         try:
-            p = bm.root.parent / f"partial_{self.s.device}.json"
+            p = self._partial_path()
             p.write_text(json.dumps(result, default=_json_default) + "\n")
         except OSError:
             pass
+
+    def _resume(self, result: dict[str, Any]) -> tuple[dict[str, Any], set[tuple[str, str]]]:
+        """Continue a killed run with the same settings: keep its finished workloads."""
+        p = self._partial_path()
+        try:
+            old = json.loads(p.read_text())
+        except (OSError, ValueError):
+            self.log(f"--resume: no partial results at {p}; starting afresh")
+            return result, set()
+        ignore = {"out", "max_load", "wait_s", "resume", "plots", "tag"}
+
+        def key(st: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in st.items() if k not in ignore}
+
+        if key(old.get("settings", {})) != key(result["settings"]):
+            self.log(f"--resume: {p} was measured with other settings; starting afresh")
+            return result, set()
+        old.setdefault("resumed", []).append(
+            {"load": result["load"]["start"], "bandwidth": result["bandwidth"]}
+        )
+        done = {(r["size"], json.dumps(r["workload"])) for r in old["runs"]}
+        self.log(f"--resume: keeping {len(done)} finished workload(s) from {p}")
+        return old, done
 
     def _model_info(self, bm: Any, precisions: tuple[str, ...]) -> dict[str, Any]:
         from ragrt.benchmarks import roofline
@@ -613,6 +651,8 @@ class Bench:
             if name.startswith("ragrt-"):
                 dev = _ragrt_device(self.s.device, self.tensorrt)
                 loaded[name] = RagrtSystem(bm, name.split("-", 1)[1], dev, threads)
+            elif name == "optimum-longest" and "optimum" in loaded:
+                loaded[name] = loaded["optimum"].sibling(name)  # same sessions, other padding
             else:
                 if index is None:
                     index = PassageIndex.open(bm.index, device="cpu")

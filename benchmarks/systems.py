@@ -396,6 +396,22 @@ class TorchRagSystem:
         self.model = model
         self.info = {"device": self.device, "generator_device": device}
 
+    def sibling(self, variant: str) -> TorchRagSystem:
+        """``optimum-longest`` from a loaded ``optimum``: the same model and sessions (and
+        timing hooks), contexts padded to the longest instead of 300."""
+        import copy
+
+        if variant != "optimum-longest" or self.name != "optimum":
+            raise ValueError("only optimum-longest can share optimum's model")
+        other = copy.copy(self)
+        other.name = variant
+        other._retriever = types.SimpleNamespace(
+            config=self._retriever.config,
+            generator_tokenizer=_PadLongest(self._retriever.generator_tokenizer),
+        )
+        other.info = dict(self.info, shares="optimum")
+        return other
+
     def _sync(self) -> None:
         if self.device == "cuda":  # CUDA kernels are asynchronous: close each stage
             self.torch.cuda.synchronize()

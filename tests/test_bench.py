@@ -25,7 +25,11 @@ def smoke(tmp_path_factory) -> dict:
     cache = tmp_path_factory.mktemp("bench_cache")
     rc = main(["bench", "--smoke", "--out", str(out), "--cache", str(cache)])
     assert rc == 0
-    return {"out": out, "result": json.loads((out / "bench_cpu.json").read_text())}
+    return {
+        "out": out,
+        "cache": cache,
+        "result": json.loads((out / "bench_cpu.json").read_text()),
+    }
 
 
 def test_smoke_json_has_every_system_and_field(smoke):
@@ -103,6 +107,16 @@ def test_report_regenerates_from_json(smoke, tmp_path):
     src.write_text((smoke["out"] / "bench_cpu.json").read_text())
     assert report.main([str(src)]) == 0
     assert (tmp_path / "SUMMARY.md").is_file() and (tmp_path / "bench_cpu_latency.png").is_file()
+
+
+def test_resume_keeps_finished_workloads(smoke, tmp_path):
+    assert (smoke["cache"] / "partial_cpu.json").is_file()
+    out = tmp_path / "resumed"
+    rc = main(["bench", "--smoke", "--resume", "--out", str(out), "--cache", str(smoke["cache"])])
+    assert rc == 0
+    r = json.loads((out / "bench_cpu.json").read_text())
+    assert r["resumed"] and len(r["runs"]) == len(smoke["result"]["runs"])
+    assert (out / "SUMMARY.md").is_file()
 
 
 def test_cuda_is_refused_cleanly_without_a_gpu(capsys):

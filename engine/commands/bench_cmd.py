@@ -101,6 +101,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--wait", type=float, default=0.0, help="seconds to wait for --max-load at most (0)"
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run (same settings) from the partial results in --cache",
+    )
+    p.add_argument(
         "--smoke",
         action="store_true",
         help="seconds-long run: tiny fixture, one repeat, every system and sweep kind",
@@ -161,5 +166,6 @@ def run(args: argparse.Namespace) -> int:
     s.plots = not args.no_plots
     s.max_load = args.max_load
     s.wait_s = args.wait
+    s.resume = args.resume
     harness.main(s, tensorrt=args.tensorrt)
     return 0
