@@ -86,12 +86,11 @@ def build_checkpoint(
     """A RAG-Token checkpoint (DPR + BART) at published sizes, plus a DPR context encoder.
 
     Like :func:`ragrt.export.fixtures.build_rag_checkpoint`, but with BART's published
-    vocabulary size and a larger init scale (:data:`GENERATOR_INIT_STD`) for the real sizes,
-    and with every weight written to disk: the tiny
-    fixture unties input/output embeddings, and transformers then drops the encoder/decoder
-    ``embed_tokens`` at save time and re-initialises them *randomly* at every load, so two
-    loads of the same checkpoint would disagree. Here the loaded model is re-saved with those
-    tensors materialised, and two loads are checked to be equal.
+    vocabulary size and a larger init scale (:data:`GENERATOR_INIT_STD`) for the real sizes.
+    The loaded model is re-saved with every embedding tensor materialised and two loads are
+    checked to be equal, so every system of a benchmark runs exactly the same weights (an
+    untied BART used to reload its ``embed_tokens`` at random; the fixtures now guard
+    against that too).
     """
     import torch
     from transformers import RagConfig, RagTokenForGeneration, RagTokenizer

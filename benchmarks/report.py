@@ -83,7 +83,7 @@ def plots(result: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
         for i, r in enumerate(runs):
             sp = r.get("speedup_vs_reference")
             if sp:
-                ax.text(p50[i], i, f" {sp:.1f}x", va="center", fontsize=8)
+                ax.text(p50[i] / 2, i, f"{sp:.2f}x", va="center", ha="center", fontsize=8)
         ax.set_yticks(list(y), names)
         ax.invert_yaxis()
         ax.set_xlabel("latency per question batch (s), bar = p50")
@@ -260,6 +260,16 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
             f"{bw.get('method')}); host: {host['read_gbps']:.1f} GB/s read."
         )
     else:
+        if bw.get("sessions"):
+            md.append(
+                f"This run was resumed after its process was killed: {len(bw['sessions'])} "
+                "sessions; bandwidth and sgemm below are the best of the sessions' readings ("
+                + "; ".join(
+                    f"{x['read_gbps']:.1f} GB/s, {x['matmul_gflops']:.0f} GFLOP/s"
+                    for x in bw["sessions"]
+                )
+                + ")."
+            )
         md.append(
             f"Measured memory bandwidth: **{bw['read_gbps']:.1f} GB/s read** (threaded sum), "
             f"{bw['gemv_gbps']:.1f} GB/s matrix-vector, {bw['copy_gbps']:.1f} GB/s copy (read "
