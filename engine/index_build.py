@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ragrt import __version__
 from ragrt.errors import InputError
 from ragrt.index import (
     EMB_FILES,
@@ -36,6 +37,7 @@ from ragrt.index import (
 )
 from ragrt.manifest import file_record
 from ragrt.passages import STORE_FILES, Passage, ReadStats, build_store, count_lines, iter_passages
+from ragrt.publish import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +73,6 @@ class BuildOptions:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _version() -> str:
-    try:
-        from ragrt import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover
-        return ""
 
 
 def model_identity(art: Any, encoder: Any) -> dict[str, Any]:
@@ -203,18 +196,6 @@ def _copy_embeddings(
             f.write(np.ascontiguousarray(block, dtype=dt).tobytes())
 
 
-def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise InputError(f"{out} already exists; pass --overwrite to replace it")
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_index(
     passages: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -287,7 +268,7 @@ def build_index(
     tmp.mkdir()
     try:
         man = _build(src, tmp, out, pre, encoder, dim, ident, opts, faiss, t_start)
-        _publish(tmp, out, opts.overwrite)
+        publish_dir(tmp, out, opts.overwrite)
         return man
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -445,7 +426,7 @@ def _build(
             "rerank": {"factor": RERANK_FACTOR, "min": RERANK_MIN},
             **opts.extra,
         },
-        ragrt_version=_version(),
+        ragrt_version=__version__,
         created=_now(),
     )
     man.write(tmp)

@@ -27,6 +27,7 @@ from ragrt.manifest import (
     check_precision,
     file_record,
 )
+from ragrt.publish import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,7 @@ def export_artifacts(opts: ExportOptions) -> ExportResult:
         raise InputError(f"cannot write {out}: {e.strerror}; choose another --out") from None
     try:
         result = _export_into(tmp, src, precisions, opts)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        publish_dir(tmp, out, overwrite=True)  # _check_out refused a non-empty out already
         result.manifest.root = out
         result.art_dir = out
         return result

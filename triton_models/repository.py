@@ -41,7 +41,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ragrt import __version__
 from ragrt.errors import ArtifactError, InputError
+from ragrt.publish import publish_dir
 from ragrt.triton_models.wire import INT_PARAMS
 
 log = logging.getLogger(__name__)
@@ -662,7 +664,7 @@ def build_repository(
                 {
                     "format": "ragrt-triton-repo",
                     "format_version": 1,
-                    "ragrt_version": _version(),
+                    "ragrt_version": __version__,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "source": {
                         "model": str(art.resolve()),
@@ -678,7 +680,7 @@ def build_repository(
             encoding="utf-8",
         )
         check_repository(tmp)
-        _publish(tmp, out, opts.overwrite)
+        publish_dir(tmp, out, opts.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -697,27 +699,6 @@ def _place_onnx(m: Any, rel: str, model_name: str, place: Any) -> None:
             continue
         if o.name.startswith(src.name) or o.name.endswith("_data"):
             place(m.path(other), f"{model_name}/1/{o.name}", r.get("sha256"), r.get("bytes"))
-
-
-def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise InputError(f"{out} already exists; pass --overwrite to replace it")
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _version() -> str:
-    try:
-        from ragrt import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover
-        return ""
 
 
 def repository_models(repo: str | os.PathLike) -> list[str]:
