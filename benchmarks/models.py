@@ -93,7 +93,7 @@ def build_checkpoint(
     against that too).
     """
     import torch
-    from transformers import RagConfig, RagTokenForGeneration, RagTokenizer
+    from transformers import RagTokenForGeneration, RagTokenizer
 
     from ragrt.export import fixtures as fx
 
@@ -109,23 +109,7 @@ def build_checkpoint(
         gen.config.init_std = GENERATOR_INIT_STD
         gen.apply(gen._init_weights)
         gen.tie_weights()
-    g = gen.config
-    cfg = RagConfig.from_question_encoder_generator_configs(
-        qenc.config,
-        g,
-        n_docs=5,
-        max_combined_length=300,
-        retrieval_vector_size=qenc.config.hidden_size,
-        title_sep=" / ",
-        doc_sep=" // ",
-        do_deduplication=True,
-        exclude_bos_score=False,
-        bos_token_id=g.bos_token_id,
-        pad_token_id=g.pad_token_id,
-        eos_token_id=g.eos_token_id,
-        decoder_start_token_id=g.decoder_start_token_id,
-        forced_eos_token_id=g.forced_eos_token_id,
-    )
+    cfg = fx.rag_config(qenc.config, gen.config)
     model = RagTokenForGeneration(config=cfg, question_encoder=qenc, generator=gen).eval()
     model.save_pretrained(ckpt)
     RagTokenizer(question_encoder=qtok, generator=gtok).save_pretrained(ckpt)

@@ -117,6 +117,15 @@ class RagEngine:
     def _check_questions(self, questions: Any) -> list[str]:
         return check_questions(questions)
 
+    def _mode(self, mode: str | None) -> str:
+        """The decoding mode, defaulting to the checkpoint's class (RagToken / RagSequence)."""
+        mode = mode or self.defaults.rag_type
+        if mode not in MODES:
+            raise InputError(
+                f"unknown mode {mode!r}: choose 'token' (RAG-Token) or 'sequence' (RAG-Sequence)"
+            )
+        return mode
+
     def _check_n_docs(self, n_docs: int) -> int:
         if isinstance(n_docs, bool) or not isinstance(n_docs, (int, np.integer)) or n_docs <= 0:
             raise InputError(f"n_docs must be a positive integer, got {n_docs!r}")
@@ -210,10 +219,6 @@ class RagEngine:
     def _decode(self, prep: _Prepared, mode: str, params, on_token=None) -> list[GenerationResult]:
         from ragrt.generation import rag_sequence, rag_token
 
-        if mode not in MODES:
-            raise InputError(
-                f"unknown mode {mode!r}: choose 'token' (RAG-Token) or 'sequence' (RAG-Sequence)"
-            )
         fn = rag_token.generate if mode == "token" else rag_sequence.generate
         kwargs = {"on_token": on_token} if (mode == "token" and on_token is not None) else {}
         hyps = fn(
@@ -268,11 +273,7 @@ class RagEngine:
         self, questions, mode, n_docs, on_token, **overrides: Any
     ) -> list[GenerationResult]:
         qs = self._check_questions(questions)
-        mode = mode or self.defaults.rag_type
-        if mode not in MODES:
-            raise InputError(
-                f"unknown mode {mode!r}: choose 'token' (RAG-Token) or 'sequence' (RAG-Sequence)"
-            )
+        mode = self._mode(mode)
         n = self._check_n_docs(self.defaults.n_docs if n_docs is None else n_docs)
         params = self._params(n, **overrides)
         self._require_index()
@@ -287,6 +288,7 @@ class RagEngine:
     ) -> list[GenerationResult]:
         """Generate from given docs (with their ``score`` as doc scores), skipping retrieval."""
         qs = self._check_questions(questions)
+        mode = self._mode(mode)
         if len(docs) != len(qs) or len({len(d) for d in docs}) != 1 or not docs[0]:
             raise InputError("docs must hold the same non-zero number of Doc per question")
         n = len(docs[0])
@@ -294,7 +296,7 @@ class RagEngine:
         _, qtexts = self._encode(qs)
         scores = np.array([[d.score for d in row] for row in docs], dtype=np.float32)
         prep = self._contexts(qs, qtexts, [list(r) for r in docs], scores)
-        return self._decode(prep, mode or self.defaults.rag_type, params)
+        return self._decode(prep, mode, params)
 
     def generate_each(
         self, questions: Sequence[Any], **kwargs: Any
@@ -328,7 +330,7 @@ class RagEngine:
         """
         if not isinstance(question, str):
             raise InputError("stream() takes one question string")
-        mode = kwargs.pop("mode", None) or self.defaults.rag_type
+        mode = self._mode(kwargs.pop("mode", None))
         num_beams = kwargs.get("num_beams") or self.defaults.num_beams
         if mode != "token" or num_beams != 1:
             yield self.generate([question], mode=mode, **kwargs)[0].text

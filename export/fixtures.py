@@ -262,6 +262,30 @@ def _generator(family: str, size: str | None, seed: int):
     raise ValueError(f"unknown fixture generator family {family!r}")
 
 
+def rag_config(question_encoder_config, generator_config):
+    """The RagConfig of every fixture: facebook/rag-token-nq's settings (5 docs, 300 tokens,
+    " / " and " // " separators) and the generator's special token ids."""
+    from transformers import RagConfig
+
+    g = generator_config
+    return RagConfig.from_question_encoder_generator_configs(
+        question_encoder_config,
+        g,
+        n_docs=5,
+        max_combined_length=300,
+        retrieval_vector_size=question_encoder_config.hidden_size,
+        title_sep=" / ",
+        doc_sep=" // ",
+        do_deduplication=True,
+        exclude_bos_score=False,
+        bos_token_id=g.bos_token_id,
+        pad_token_id=g.pad_token_id,
+        eos_token_id=g.eos_token_id,
+        decoder_start_token_id=g.decoder_start_token_id,
+        forced_eos_token_id=getattr(g, "forced_eos_token_id", None),
+    )
+
+
 def build_rag_checkpoint(
     out_dir: str | os.PathLike,
     generator: str = "bart",
@@ -278,7 +302,6 @@ def build_rag_checkpoint(
     ``context_encoder_dir`` a DPR context encoder folder is written there too.
     """
     from transformers import (
-        RagConfig,
         RagSequenceForGeneration,
         RagTokenForGeneration,
         RagTokenizer,
@@ -288,23 +311,7 @@ def build_rag_checkpoint(
     qtok = bert_tokenizer()
     qenc = dpr_question_encoder(encoder_size, seed)
     gen, gtok = _generator(generator, generator_size, seed)
-    gcfg = gen.config
-    cfg = RagConfig.from_question_encoder_generator_configs(
-        qenc.config,
-        gcfg,
-        n_docs=5,
-        max_combined_length=300,
-        retrieval_vector_size=qenc.config.hidden_size,
-        title_sep=" / ",
-        doc_sep=" // ",
-        do_deduplication=True,
-        exclude_bos_score=False,
-        bos_token_id=gcfg.bos_token_id,
-        pad_token_id=gcfg.pad_token_id,
-        eos_token_id=gcfg.eos_token_id,
-        decoder_start_token_id=gcfg.decoder_start_token_id,
-        forced_eos_token_id=getattr(gcfg, "forced_eos_token_id", None),
-    )
+    cfg = rag_config(qenc.config, gen.config)
     cls = RagTokenForGeneration if rag_type == "token" else RagSequenceForGeneration
     model = cls(config=cfg, question_encoder=qenc, generator=gen).eval()
     model.save_pretrained(out)

@@ -82,30 +82,25 @@ def run(args: argparse.Namespace) -> int:
         from ragrt.client import RagClient
 
         client = RagClient(args.url, protocol=args.protocol)
-        if args.stream:
-            for q in args.questions:
-                for piece in client.stream(q, **kw):
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-                print()
-            return 0
-        for res in client.ask_batch(args.questions, **kw):
-            print_result(res, args.json, args.show_docs)
-        return 0
-    if args.model is None or not args.index:
-        raise InputError("pass --model ART_DIR and --index INDEX_DIR (or --url of a ragrt server)")
-    from ragrt.engine import RagEngine
+        stream, answer = client.stream, client.ask_batch
+    else:
+        if args.model is None or not args.index:
+            raise InputError(
+                "pass --model ART_DIR and --index INDEX_DIR (or --url of a ragrt server)"
+            )
+        from ragrt.engine import RagEngine
 
-    engine = RagEngine.load(
-        args.model, args.index, precision=args.precision, device=args.device, nprobe=args.nprobe
-    )
+        engine = RagEngine.load(
+            args.model, args.index, precision=args.precision, device=args.device, nprobe=args.nprobe
+        )
+        stream, answer = engine.stream, engine.generate
     if args.stream:
         for q in args.questions:
-            for piece in engine.stream(q, **kw):
+            for piece in stream(q, **kw):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             print()
         return 0
-    for res in engine.generate(args.questions, **kw):
+    for res in answer(args.questions, **kw):
         print_result(res, args.json, args.show_docs)
     return 0
