@@ -4,6 +4,7 @@ bad input, CLI. Precomputed embeddings here; the encoder path is at the end (nee
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -664,7 +665,11 @@ def test_cli_build_info_and_errors(corpus, tmp_path, capsys):
 
 # -- encoder path ----------------------------------------------------------------------------
 class _HashEncoder:
-    """Deterministic stand-in for a context encoder: a vector per (title, text) input."""
+    """Deterministic stand-in for a context encoder: a unit vector per (title, text) input.
+
+    Seeded from a sha256 of the text (``hash()`` is randomized per process) and normalized, so
+    that inner-product search finds each passage's own vector first.
+    """
 
     name, dim, precision, onnx_sha256 = "hash-encoder", 16, "fp32", "e" * 64
 
@@ -676,8 +681,9 @@ class _HashEncoder:
         out = []
         for it in items:
             key = "\x1f".join(it) if isinstance(it, tuple) else it
-            rng = np.random.default_rng(abs(hash(key)) % (2**32))
-            out.append(rng.normal(size=self.dim))
+            seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+            v = np.random.default_rng(seed).normal(size=self.dim)
+            out.append(v / np.linalg.norm(v))
         return np.asarray(out, dtype=np.float32)
 
 
