@@ -202,7 +202,7 @@ def gpu_info() -> dict[str, Any]:
 
 
 def machine_info(device: str) -> dict[str, Any]:
-    from ragrt.sessions import cpu_threads
+    from ragrt.runtime.sessions import cpu_threads
 
     m = {
         "hostname": platform.node(),
@@ -446,7 +446,7 @@ def check_device(device: str, systems: list[str]) -> None:
         if bad:
             raise InputError("ragrt-fp16 is a GPU variant: run it with --device cuda")
         return
-    from ragrt.sessions import available_providers
+    from ragrt.runtime.sessions import available_providers
 
     have = available_providers()
     if "CUDAExecutionProvider" not in have:
@@ -494,7 +494,7 @@ class Bench:
 
         from ragrt.benchmarks import roofline
         from ragrt.benchmarks.models import prepare
-        from ragrt.sessions import cpu_threads
+        from ragrt.runtime.sessions import cpu_threads
 
         threads = s.threads or cpu_threads()
         torch.set_num_threads(threads)
@@ -631,7 +631,7 @@ class Bench:
         self, bm: Any, names: list[str], threads: int, info: dict[str, Any]
     ) -> dict[str, Any]:
         from ragrt.benchmarks.systems import RagrtSystem, TorchRagSystem
-        from ragrt.index import PassageIndex
+        from ragrt.retrieval.index import PassageIndex
 
         index = None
         loaded: dict[str, Any] = {}

@@ -252,8 +252,8 @@ def scenario(
 ) -> dict:
     import faiss
 
-    from ragrt.index import PassageIndex
-    from ragrt.index_build import BuildOptions, build_index
+    from ragrt.retrieval.build import BuildOptions, build_index
+    from ragrt.retrieval.index import PassageIndex
 
     n, dim = base.shape
     work = CACHE / name
@@ -369,7 +369,7 @@ def scenario(
 
 def store_open_bench(rows: int) -> dict:
     """Open time and RSS of a passage store of ``rows`` passages (DPR wiki: 21M)."""
-    from ragrt.passages import Passage, build_store
+    from ragrt.retrieval.passages import Passage, build_store
 
     d = CACHE / f"store{rows}"
     if not (d / "passages.ids").exists():
@@ -385,7 +385,7 @@ def store_open_bench(rows: int) -> dict:
         )
         tmp.rename(d)
     code = (
-        "import time,sys,random;t=time.perf_counter();from ragrt.passages import PassageStore;"
+        "import time,sys,random;t=time.perf_counter();from ragrt.retrieval.passages import PassageStore;"
         f"s=PassageStore({str(d)!r});o=time.perf_counter()-t;r=random.Random(0);t=time.perf_counter();"
         f"[s[r.randrange(len(s))] for _ in range(10000)];row=(time.perf_counter()-t)/1e4;"
         f"t=time.perf_counter();[s.by_id(str(r.randrange(len(s)))) for _ in range(10000)];"

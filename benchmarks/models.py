@@ -135,7 +135,7 @@ def build_checkpoint(
 
 def _optimum_dir(art: Path, ckpt: Path, out: Path) -> Path:
     """A folder ORTModelForSeq2SeqLM opens: the generator config + ragrt's own fp32 graphs."""
-    from ragrt import manifest as manifest_mod
+    from ragrt.runtime import manifest as manifest_mod
 
     m = manifest_mod.load(art, verify=False)
     files = m.generator.onnx["fp32"]
@@ -225,7 +225,7 @@ def prepare(
         shutil.rmtree(bm.index, ignore_errors=True)
         shutil.rmtree(bm.optimum, ignore_errors=True)
     if _index_source(bm.index) != str((root / "corpus.jsonl").resolve()):
-        from ragrt.index_build import BuildOptions, build_index
+        from ragrt.retrieval.build import BuildOptions, build_index
 
         shutil.rmtree(bm.index, ignore_errors=True)
 

@@ -81,8 +81,8 @@ def measure_gpu_bandwidth(mib: int = 1024, repeats: int = 5, device_id: int = 0)
     """
     import onnxruntime as ort
 
-    from ragrt.generator import RowGather
-    from ragrt.sessions import SessionOptions
+    from ragrt.runtime.generator import RowGather
+    from ragrt.runtime.sessions import SessionOptions
 
     rows = mib * 2**20 // 4 // 1024
     g = RowGather(1, 2, np.float32, SessionOptions(device="cuda", device_id=device_id))

@@ -67,7 +67,7 @@ def fixture_artifacts() -> tuple[Path, Path]:
     if not (index / "manifest.json").is_file():
         from importlib import resources
 
-        from ragrt.index_build import BuildOptions, build_index
+        from ragrt.retrieval.build import BuildOptions, build_index
 
         log("building the index ...")
         src = Path(str(resources.files("ragrt") / "demo" / "python_stdlib_docs.jsonl"))
@@ -202,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
-    from ragrt.client import RagClient
     from ragrt.engine import RagEngine
-    from ragrt.serve import TritonServer
+    from ragrt.serving.client import RagClient
+    from ragrt.serving.server import TritonServer
     from ragrt.triton_models.repository import RepoOptions, build_repository
 
     if args.model is not None and args.index is None:
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     from ragrt import __version__
-    from ragrt.manifest import load as load_manifest
+    from ragrt.runtime.manifest import load as load_manifest
 
     m = load_manifest(art, verify=False)
     result = {

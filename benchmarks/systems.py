@@ -421,7 +421,7 @@ class TorchRagSystem:
         import onnxruntime as ort
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
-        from ragrt.sessions import cpu_threads
+        from ragrt.runtime.sessions import cpu_threads
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or cpu_threads()

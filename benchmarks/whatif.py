@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     from ragrt.benchmarks.harness import QUESTIONS, load_snapshot, machine_info
     from ragrt.benchmarks.models import prepare
     from ragrt.engine import RagEngine
-    from ragrt.sessions import cpu_threads
+    from ragrt.runtime.sessions import cpu_threads
 
     threads = a.threads or cpu_threads()
     bm = prepare(a.encoder_size, a.size)

@@ -27,11 +27,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
 _LAZY = {
     "RagEngine": "ragrt.engine",
     "GenerationResult": "ragrt.engine",
-    "TextEncoder": "ragrt.encoders",
-    "PassageIndex": "ragrt.index",
-    "RagClient": "ragrt.client",
-    "AsyncRagClient": "ragrt.client",
-    "ArtifactManifest": "ragrt.manifest",
+    "TextEncoder": "ragrt.runtime.encoders",
+    "PassageIndex": "ragrt.retrieval.index",
+    "RagClient": "ragrt.serving.client",
+    "AsyncRagClient": "ragrt.serving.client",
+    "ArtifactManifest": "ragrt.runtime.manifest",
 }
 
 __all__ = [

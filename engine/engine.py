@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from ragrt import manifest as manifest_mod
-from ragrt.encoders import TextEncoder
 from ragrt.errors import InputError, RagrtError
 from ragrt.inputs import check_questions
-from ragrt.manifest import ArtifactManifest, check_precision
 from ragrt.results import Doc, GenerationResult, Hypothesis
-from ragrt.sessions import SessionOptions
-from ragrt.text import TextTokenizer
+from ragrt.runtime import manifest as manifest_mod
+from ragrt.runtime.encoders import TextEncoder
+from ragrt.runtime.manifest import ArtifactManifest, check_precision
+from ragrt.runtime.sessions import SessionOptions
+from ragrt.runtime.text import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class RagEngine:
         Several index dirs are searched as shards of one corpus. Without an index only
         :meth:`embed` and :meth:`generate_from_docs` work.
         """
-        from ragrt.generator import Seq2SeqGenerator
+        from ragrt.runtime.generator import Seq2SeqGenerator
 
         check_precision(precision)
         m = manifest_mod.load(model_dir, verify=verify, precision=precision)
@@ -107,7 +107,7 @@ class RagEngine:
         )
         index = None
         if index_dir is not None:
-            from ragrt.index import PassageIndex
+            from ragrt.retrieval.index import PassageIndex
 
             index = PassageIndex.open(index_dir, device="cpu" if device == "cpu" else "auto")
             index.check_encoder(m)
@@ -136,7 +136,7 @@ class RagEngine:
         return int(n_docs)
 
     def _params(self, n_docs: int, **overrides: Any):
-        from ragrt.generation import GenerationParams
+        from ragrt.runtime.generation import GenerationParams
 
         p = GenerationParams.from_defaults(self.defaults, n_docs=n_docs, **overrides)
         limit = self.manifest.generator.max_positions - 1
@@ -209,7 +209,7 @@ class RagEngine:
         return self._contexts(questions, qtexts, docs, scores)
 
     def _contexts(self, questions, qtexts, docs, scores) -> _Prepared:
-        from ragrt.contexts import build_contexts
+        from ragrt.runtime.contexts import build_contexts
 
         d = self.defaults
         strings = build_contexts(qtexts, docs, d)
@@ -217,7 +217,7 @@ class RagEngine:
         return _Prepared(questions, docs, scores, ids, mask)
 
     def _decode(self, prep: _Prepared, mode: str, params, on_token=None) -> list[GenerationResult]:
-        from ragrt.generation import rag_sequence, rag_token
+        from ragrt.runtime.generation import rag_sequence, rag_token
 
         fn = rag_token.generate if mode == "token" else rag_sequence.generate
         kwargs = {"on_token": on_token} if (mode == "token" and on_token is not None) else {}
@@ -254,7 +254,7 @@ class RagEngine:
         ``mode``: "token" (RAG-Token) or "sequence" (RAG-Sequence); defaults to the source
         checkpoint's class. Unset parameters come from the manifest's generation config.
         Other keyword arguments (``no_repeat_ngram_size``, ``length_penalty``,
-        ``early_stopping``, ...) are :class:`~ragrt.generation.GenerationParams` fields.
+        ``early_stopping``, ...) are :class:`~ragrt.runtime.generation.GenerationParams` fields.
         Memory grows with ``len(questions) * num_beams * n_docs`` decoder rows.
         """
         return self._generate(

@@ -19,7 +19,8 @@ from ragrt import __version__
 from ragrt.errors import InputError, RagrtError
 from ragrt.export import onnx_export, parity, precision
 from ragrt.export.sources import EncoderSource, Sources, load_sources
-from ragrt.manifest import (
+from ragrt.publish import publish_dir
+from ragrt.runtime.manifest import (
     PRECISIONS,
     ArtifactManifest,
     EncoderSpec,
@@ -27,7 +28,6 @@ from ragrt.manifest import (
     check_precision,
     file_record,
 )
-from ragrt.publish import publish_dir
 
 log = logging.getLogger(__name__)
 

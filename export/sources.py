@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ragrt.errors import InputError, UnsupportedModelError
-from ragrt.manifest import GenerationDefaults
+from ragrt.runtime.manifest import GenerationDefaults
 
 GENERATOR_FAMILIES = {"bart": "bart", "mbart": "bart", "t5": "t5", "mt5": "t5"}
 POOLINGS = ("pooler", "cls", "mean")

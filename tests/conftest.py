@@ -106,7 +106,7 @@ def small_corpus(fixture_root) -> Path:
 @pytest.fixture(scope="session")
 def rag_bart_index(fixture_root, rag_bart_art, small_corpus) -> Path:
     """INDEX_DIR over ``small_corpus`` embedded with the BART fixture's context encoder."""
-    from ragrt.index_build import BuildOptions, build_index
+    from ragrt.retrieval.build import BuildOptions, build_index
 
     out = fixture_root / "index-rag-bart"
     build_index(small_corpus, out, model=rag_bart_art, options=BuildOptions(progress=False))
@@ -127,7 +127,7 @@ def trained_engines(fixture_root, rag_bart_ckpt, small_corpus):
     from ragrt.engine import RagEngine
     from ragrt.export import ExportOptions, export_artifacts
     from ragrt.export.fixtures import save_encoder, train_copy_generator
-    from ragrt.index_build import BuildOptions, build_index
+    from ragrt.retrieval.build import BuildOptions, build_index
 
     model, tok = train_copy_generator()
     gen = save_encoder(model, tok, fixture_root / "trained-bart")

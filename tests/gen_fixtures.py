@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ragrt.generation import GenerationParams
+from ragrt.runtime.generation import GenerationParams
 
 
 @dataclass
@@ -24,7 +24,7 @@ class GenFixture:
     ckpt: Path
     onnx_dir: Path
     model: object  # RagTokenForGeneration / RagSequenceForGeneration (torch, eval mode)
-    generator: object  # ragrt.generator.Seq2SeqGenerator
+    generator: object  # ragrt.runtime.generator.Seq2SeqGenerator
 
     @property
     def gcfg(self):
@@ -52,8 +52,8 @@ def build_fixture(root: Path, family: str, rag_type: str = "token") -> GenFixtur
     from transformers import RagSequenceForGeneration, RagTokenForGeneration
 
     from ragrt.export.fixtures import build_rag_checkpoint
-    from ragrt.generator import Seq2SeqGenerator
-    from ragrt.sessions import SessionOptions
+    from ragrt.runtime.generator import Seq2SeqGenerator
+    from ragrt.runtime.sessions import SessionOptions
 
     ckpt = build_rag_checkpoint(
         root / f"ckpt_{family}_{rag_type}", generator=family, rag_type=rag_type

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragrt.contexts import (
+from ragrt.errors import InputError
+from ragrt.results import Doc
+from ragrt.runtime.contexts import (
     build_contexts,
     build_generator_inputs,
     question_strings,
     strip_title,
 )
-from ragrt.errors import InputError
-from ragrt.manifest import GenerationDefaults
-from ragrt.results import Doc
+from ragrt.runtime.manifest import GenerationDefaults
 
 DEFAULTS = GenerationDefaults(decoder_start_token_id=2, eos_token_id=2, pad_token_id=1)
 
@@ -122,7 +122,7 @@ def test_question_strings_with_real_bert_tokenizer():
     """Decoding the question-encoder ids lower-cases and cleans up spaces like transformers."""
     pytest.importorskip("transformers")
     from ragrt.export.fixtures import bert_tokenizer, minilm_path
-    from ragrt.text import TextTokenizer
+    from ragrt.runtime.text import TextTokenizer
 
     hf = bert_tokenizer()
     tok = TextTokenizer(

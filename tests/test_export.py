@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragrt import manifest
-from ragrt.encoders import TextEncoder
 from ragrt.errors import ArtifactError, InputError, UnsupportedModelError
+from ragrt.runtime import manifest
+from ragrt.runtime.encoders import TextEncoder
 
 RAGRT = [sys.executable, "-m", "ragrt"]
 
@@ -380,12 +380,12 @@ def test_runtime_imports_without_torch(rag_bart_art):
     code = (
         BLOCK_TORCH
         + f"""
-import ragrt, ragrt.cli, ragrt.manifest, ragrt.encoders, ragrt.sessions, ragrt.text
-from ragrt.encoders import TextEncoder
+import ragrt, ragrt.cli, ragrt.runtime.manifest, ragrt.runtime.encoders, ragrt.runtime.sessions, ragrt.runtime.text
+from ragrt.runtime.encoders import TextEncoder
 emb = TextEncoder.load({str(rag_bart_art)!r}, 'question_encoder', 'int8').encode(['hello world'])
 assert emb.shape == (1, 32)
 import importlib
-for mod in ['ragrt.engine', 'ragrt.generation', 'ragrt.generator', 'ragrt.index', 'ragrt.passages', 'ragrt.client']:
+for mod in ['ragrt.engine', 'ragrt.runtime.generation', 'ragrt.runtime.generator', 'ragrt.retrieval.index', 'ragrt.retrieval.passages', 'ragrt.serving.client']:
     try:
         importlib.import_module(mod)
     except ModuleNotFoundError as e:

@@ -1,4 +1,4 @@
-"""Unit tests of ragrt.generation and ragrt.generator (fast; parity lives in test_rag_parity)."""
+"""Unit tests of ragrt.runtime.generation and ragrt.runtime.generator (fast; parity lives in test_rag_parity)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ragrt.errors import InputError
-from ragrt.generation import GenerationParams
-from ragrt.generation.processors import (
+from ragrt.runtime.generation import GenerationParams
+from ragrt.runtime.generation.processors import (
     ForcedBOS,
     ForcedEOS,
     MinLength,
@@ -15,8 +15,8 @@ from ragrt.generation.processors import (
     NoRepeatNGram,
     build_processors,
 )
-from ragrt.generation.search import beam_search, greedy, log_softmax, topk
-from ragrt.manifest import GenerationDefaults
+from ragrt.runtime.generation.search import beam_search, greedy, log_softmax, topk
+from ragrt.runtime.manifest import GenerationDefaults
 
 BASE = dict(decoder_start_token_id=2, eos_token_id=2, pad_token_id=1)
 
@@ -243,8 +243,8 @@ def test_topk_is_sorted_descending():
 
 # -- generator: hand-built gather graph and row selection -------------------------------------
 def test_hand_built_gather_graph_runs_on_cpu():
-    from ragrt.generator import RowGather
-    from ragrt.sessions import SessionOptions
+    from ragrt.runtime.generator import RowGather
+    from ragrt.runtime.sessions import SessionOptions
 
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=(4, 2, 3, 5)).astype(np.float32) for _ in range(3)]
@@ -291,7 +291,7 @@ class _FakeGen:
 
 
 def test_cpu_decoder_dedups_first_step_and_gathers_cross_cache_only_when_sources_change():
-    from ragrt.generator import CpuDecoderStep
+    from ragrt.runtime.generator import CpuDecoderStep
 
     gen = _FakeGen()
     states = np.arange(3, dtype=np.float32)[:, None, None] * np.ones((3, 4, 2), np.float32)
@@ -318,8 +318,8 @@ def test_decode_stack_imports_without_torch():
 
     code = (
         "import sys\n"
-        "import ragrt.generator, ragrt.contexts\n"
-        "import ragrt.generation.rag_token, ragrt.generation.rag_sequence\n"
+        "import ragrt.runtime.generator, ragrt.runtime.contexts\n"
+        "import ragrt.runtime.generation.rag_token, ragrt.runtime.generation.rag_sequence\n"
         "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from ragrt.errors import ArtifactError, DeviceError, InputError
-from ragrt.index import (
+from ragrt.retrieval.build import BuildOptions, build_index, exact_topk
+from ragrt.retrieval.index import (
     INDEX_FILE,
     IndexManifest,
     PassageIndex,
@@ -29,7 +30,6 @@ from ragrt.index import (
     to_device,
     with_flat_coarse_quantizer,
 )
-from ragrt.index_build import BuildOptions, build_index, exact_topk
 from tests.index_helpers import exact_top, recall, write_corpus
 
 faiss = pytest.importorskip("faiss")
@@ -444,7 +444,7 @@ def test_corrupt_truncated_or_half_written_index(pq_dir, tmp_path):
 
 def test_interrupted_build_leaves_nothing(corpus, tmp_path, monkeypatch):
     p, e, _ = corpus
-    import ragrt.index_build as ib
+    import ragrt.retrieval.build as ib
 
     def boom(*a, **k):
         raise KeyboardInterrupt
@@ -721,7 +721,7 @@ def test_fixture_encoder_tsv_and_jsonl_builds_agree(
     rag_bart_art, rag_bart_index, small_corpus, tmp_path, capsys
 ):
     from ragrt.cli import main
-    from ragrt.encoders import TextEncoder
+    from ragrt.runtime.encoders import TextEncoder
 
     tsv = _jsonl_to_tsv(small_corpus, tmp_path / "corpus.tsv")
     out = tmp_path / "idx-tsv"
@@ -765,7 +765,7 @@ def test_fixture_encoder_tsv_and_jsonl_builds_agree(
 
 def test_cli_search(rag_bart_art, rag_bart_index, capsys):
     from ragrt.cli import main
-    from ragrt.encoders import TextEncoder
+    from ragrt.runtime.encoders import TextEncoder
 
     q = ["how do I parse command line arguments?", "sort a list in place"]
     assert (
@@ -829,8 +829,8 @@ def test_cli_search(rag_bart_art, rag_bart_index, capsys):
 
 
 def test_index_refuses_another_model(rag_bart_index, minilm_art, capsys):
-    from ragrt import manifest as manifest_mod
     from ragrt.cli import main
+    from ragrt.runtime import manifest as manifest_mod
 
     ix = PassageIndex.open(rag_bart_index)
     with pytest.raises(ArtifactError, match="outputs 384-d"):

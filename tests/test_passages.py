@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ragrt.errors import ArtifactError, InputError
-from ragrt.passages import (
+from ragrt.retrieval.passages import (
     DATA_FILE,
     IDS_FILE,
     OFFSETS_FILE,

@@ -35,8 +35,8 @@ except ImportError:  # pragma: no cover - tests/ imported as a package
 torch = pytest.importorskip("torch")
 pytest.importorskip("optimum.exporters.onnx")
 
-from ragrt.generation import rag_sequence, rag_token  # noqa: E402
-from ragrt.generation.search import beam_fill_value  # noqa: E402
+from ragrt.runtime.generation import rag_sequence, rag_token  # noqa: E402
+from ragrt.runtime.generation.search import beam_fill_value  # noqa: E402
 
 MAX_NEW = 11
 

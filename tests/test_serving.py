@@ -51,7 +51,7 @@ def fixture_index(request, art, tmp_path_factory) -> Path:
         pass
     from importlib import resources
 
-    from ragrt.index_build import BuildOptions, build_index
+    from ragrt.retrieval.build import BuildOptions, build_index
 
     root = tmp_path_factory.mktemp("serving_index")
     src = Path(str(resources.files("ragrt") / "demo" / "python_stdlib_docs.jsonl"))
@@ -78,7 +78,7 @@ def engine(rag_bart_art, serving_index):
 @pytest.fixture(scope="session")
 def server(rag_bart_art, serving_index, tmp_path_factory):
     """The real tritonserver on free ports; always stopped at the end."""
-    from ragrt.serve import TritonServer, find_tritonserver
+    from ragrt.serving.server import TritonServer, find_tritonserver
     from ragrt.triton_models.repository import RepoOptions, build_repository
 
     try:
@@ -109,7 +109,7 @@ def server(rag_bart_art, serving_index, tmp_path_factory):
 
 
 def _client(server, protocol, **kw):
-    from ragrt.client import RagClient
+    from ragrt.serving.client import RagClient
 
     url = server.grpc_url if protocol == "grpc" else server.http_url
     return RagClient(url, protocol=protocol, **kw)
@@ -198,7 +198,7 @@ def test_concurrent_streams(server, engine):
 
 
 def test_async_client(server, engine):
-    from ragrt.client import AsyncRagClient
+    from ragrt.serving.client import AsyncRagClient
 
     async def main():
         async with (
@@ -394,7 +394,7 @@ def test_bad_input_over_the_wire(server, engine, protocol):
         still_serving()
     raw.close()
     # the same wire errors through the client: mapped to ragrt errors with the server's text
-    from ragrt.client import RagClient
+    from ragrt.serving.client import RagClient
 
     other = RagClient(client.url, protocol=protocol, rag_model="no_such_model")
     with pytest.raises(ServerError, match="unknown model"):
@@ -404,7 +404,7 @@ def test_bad_input_over_the_wire(server, engine, protocol):
 
 # -- launcher failure, CLI, restart (last: it restarts the shared server) -------------------
 def test_broken_repository_fails_with_the_log(rag_bart_art, serving_index, tmp_path):
-    from ragrt.serve import TritonServer
+    from ragrt.serving.server import TritonServer
     from ragrt.triton_models.repository import RepoOptions, build_repository
 
     repo = tmp_path / "repo"
@@ -424,7 +424,7 @@ def test_broken_repository_fails_with_the_log(rag_bart_art, serving_index, tmp_p
 
 
 def test_cli_serve_stops_on_sigterm(rag_bart_art, serving_index, tmp_path):
-    from ragrt.serve import free_port
+    from ragrt.serving.server import free_port
     from ragrt.triton_models.repository import RepoOptions, build_repository
 
     repo = tmp_path / "repo"
@@ -458,7 +458,7 @@ def test_cli_serve_stops_on_sigterm(rag_bart_art, serving_index, tmp_path):
                 break
         text = "".join(lines)
         assert "ready: models question_encoder" in text and f"127.0.0.1:{grpc}" in text
-        from ragrt.client import RagClient
+        from ragrt.serving.client import RagClient
 
         assert RagClient(f"127.0.0.1:{grpc}").embed(["q"]).shape[0] == 1
         proc.send_signal(signal.SIGTERM)

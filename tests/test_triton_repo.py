@@ -15,7 +15,7 @@ import pytest
 
 from ragrt.errors import ArtifactError, InputError, ServerError
 from ragrt.results import Doc, GenerationResult, Hypothesis
-from ragrt.triton_models import wire
+from ragrt.serving import protocol
 from ragrt.triton_models.repository import (
     NATIVE_ENCODER,
     NATIVE_TOKENIZER,
@@ -53,8 +53,8 @@ def test_python_flavor_configs_round_trip():
     assert rag.dynamic_batching.max_queue_delay_microseconds == 500
     assert [(g.count, g.kind) for g in rag.instance_group] == [(2, pb.ModelInstanceGroup.KIND_CPU)]
     assert _names(rag.input)[:2] == ["QUESTION", "N_DOCS"]
-    assert {i.name for i in rag.input if i.optional} == set(wire.GEN_INPUTS) - {"QUESTION"}
-    assert set(_names(rag.output)) == set(wire.RAG_OUTPUTS)
+    assert {i.name for i in rag.input if i.optional} == set(protocol.GEN_INPUTS) - {"QUESTION"}
+    assert set(_names(rag.output)) == set(protocol.RAG_OUTPUTS)
     assert rag.parameters["ragrt_artifacts"].string_value == "artifacts"
     assert rag.parameters["ragrt_parallel"].string_value == "0"  # auto
     assert json.loads(rag.parameters["ragrt_index_dirs"].string_value) == ["index"]
@@ -174,7 +174,7 @@ def index_dir(request, rag_bart_art, tmp_path_factory):
 
 
 def test_build_repository_copies_and_checks(rag_bart_art, index_dir, tmp_path):
-    from ragrt.manifest import sha256_file
+    from ragrt.runtime.manifest import sha256_file
 
     out = tmp_path / "repo"
     s = build_repository(rag_bart_art, index_dir, out, RepoOptions(models=["rag", "retrieve"]))
@@ -300,14 +300,16 @@ def _get(arrays):
 
 
 def test_request_round_trip():
-    arrays = wire.request_arrays(["a?", "b?"], {"n_docs": 3, "mode": "sequence", "num_beams": None})
+    arrays = protocol.request_arrays(
+        ["a?", "b?"], {"n_docs": 3, "mode": "sequence", "num_beams": None}
+    )
     assert arrays["QUESTION"].shape == (2, 1) and arrays["N_DOCS"].dtype == np.int32
     assert "NUM_BEAMS" not in arrays
-    qs, kw = wire.parse_gen_request(_get(arrays), wire.Limits(), batched=True)
+    qs, kw = protocol.parse_gen_request(_get(arrays), protocol.Limits(), batched=True)
     assert qs == ["a?", "b?"] and kw == {"n_docs": 3, "mode": "sequence"}
-    one = wire.request_arrays(["c"], {"max_new_tokens": 4}, batched=False)
+    one = protocol.request_arrays(["c"], {"max_new_tokens": 4}, batched=False)
     assert one["QUESTION"].shape == (1,)
-    assert wire.parse_gen_request(_get(one), wire.Limits(), batched=False) == (
+    assert protocol.parse_gen_request(_get(one), protocol.Limits(), batched=False) == (
         ["c"],
         {"max_new_tokens": 4},
     )
@@ -369,7 +371,7 @@ def test_request_round_trip():
 )
 def test_bad_requests(arrays, needle):
     with pytest.raises(InputError, match=needle):
-        wire.parse_gen_request(_get(arrays), wire.Limits(), batched=True)
+        protocol.parse_gen_request(_get(arrays), protocol.Limits(), batched=True)
 
 
 def _result(q, ids, n_docs=2, n_seq=1):
@@ -380,24 +382,24 @@ def _result(q, ids, n_docs=2, n_seq=1):
 
 def test_results_round_trip():
     res = [_result("q1", [0, 5, 7, 2], n_seq=2), _result("q2", [0, 2], n_seq=2)]
-    arrays = wire.pack_results(res)
-    assert arrays["TOKEN_IDS"].shape == (2, 4) and arrays["TOKEN_IDS"][1, 2] == wire.PAD_ID
-    back = wire.unpack_results(_get(arrays), ["q1", "q2"])
+    arrays = protocol.pack_results(res)
+    assert arrays["TOKEN_IDS"].shape == (2, 4) and arrays["TOKEN_IDS"][1, 2] == protocol.PAD_ID
+    back = protocol.unpack_results(_get(arrays), ["q1", "q2"])
     assert back == res
-    docs = wire.unpack_docs(_get(wire.pack_docs([r.docs for r in res])), 2)
+    docs = protocol.unpack_docs(_get(protocol.pack_docs([r.docs for r in res])), 2)
     assert docs == [r.docs for r in res]
 
 
 def test_errors_travel_with_their_code():
-    msg = wire.error_text(InputError("N_DOCS=0 is out of range"))
+    msg = protocol.error_text(InputError("N_DOCS=0 is out of range"))
     assert msg == "[invalid_input] N_DOCS=0 is out of range"
-    e = wire.error_from_text("[request id: <id_unknown>] " + msg)
+    e = protocol.error_from_text("[request id: <id_unknown>] " + msg)
     assert isinstance(e, InputError) and str(e) == "N_DOCS=0 is out of range"
-    assert isinstance(wire.error_from_text("[bad_artifact] gone"), ArtifactError)
-    plain = wire.error_from_text("inference request batch-size must be <= 8", InputError)
+    assert isinstance(protocol.error_from_text("[bad_artifact] gone"), ArtifactError)
+    plain = protocol.error_from_text("inference request batch-size must be <= 8", InputError)
     assert isinstance(plain, InputError) and "batch-size" in str(plain)
-    assert "ZeroDivisionError" in wire.error_text(ZeroDivisionError("x"))
-    assert isinstance(wire.error_from_text(wire.error_text(KeyError("k"))), ServerError)
+    assert "ZeroDivisionError" in protocol.error_text(ZeroDivisionError("x"))
+    assert isinstance(protocol.error_from_text(protocol.error_text(KeyError("k"))), ServerError)
 
 
 # -- model code with a stand-in for triton_python_backend_utils ------------------------------
@@ -463,25 +465,25 @@ def _rag_model(max_batch_size=8, **limits):
 
     m = RagModel()
     m.name, m.batched, m.engine = "rag", max_batch_size > 0, _FakeEngine()
-    m.limits = wire.Limits(**limits)
+    m.limits = protocol.Limits(**limits)
     return m
 
 
 def test_rag_model_groups_and_isolates(fake_pb):
     m = _rag_model()
     reqs = [
-        _Request(wire.request_arrays(["aa", "bbb"], {"n_docs": 2})),
-        _Request(wire.request_arrays(["c"], {"n_docs": 3})),
-        _Request(wire.request_arrays([""], {})),  # bad: empty
-        _Request(wire.request_arrays(["dddd"], {"n_docs": 2})),
-        _Request(wire.request_arrays(["boom"], {"n_docs": 2})),  # engine failure
-        _Request(wire.request_arrays(["e"], {"n_docs": 99})),  # out of range
+        _Request(protocol.request_arrays(["aa", "bbb"], {"n_docs": 2})),
+        _Request(protocol.request_arrays(["c"], {"n_docs": 3})),
+        _Request(protocol.request_arrays([""], {})),  # bad: empty
+        _Request(protocol.request_arrays(["dddd"], {"n_docs": 2})),
+        _Request(protocol.request_arrays(["boom"], {"n_docs": 2})),  # engine failure
+        _Request(protocol.request_arrays(["e"], {"n_docs": 99})),  # out of range
     ]
     out = m.execute(reqs)
     assert len(out) == len(reqs)
     ok = [o for o in out if o.error is None]
     assert len(ok) == 3
-    assert wire.unpack_results(lambda n: out[0].outputs.get(n), ["aa", "bbb"])[1].token_ids == [
+    assert protocol.unpack_results(lambda n: out[0].outputs.get(n), ["aa", "bbb"])[1].token_ids == [
         0,
         3,
         2,
@@ -502,14 +504,16 @@ def test_rag_model_limits_decoder_rows(fake_pb):
     m = _rag_model(max_decoder_rows=6)
     out = m.execute(
         [
-            _Request(wire.request_arrays(["a"] * 4, {"n_docs": 2})),
-            _Request(wire.request_arrays(["b"], {"n_docs": 2})),
-            _Request(wire.request_arrays(["c"], {"n_docs": 2})),
+            _Request(protocol.request_arrays(["a"] * 4, {"n_docs": 2})),
+            _Request(protocol.request_arrays(["b"], {"n_docs": 2})),
+            _Request(protocol.request_arrays(["c"], {"n_docs": 2})),
         ]
     )
     assert "request too large" in out[0].error.msg
     assert out[1].error is None and out[2].error is None
-    out = m.execute([_Request(wire.request_arrays(["a", "b"], {"n_docs": 2})) for _ in range(3)])
+    out = m.execute(
+        [_Request(protocol.request_arrays(["a", "b"], {"n_docs": 2})) for _ in range(3)]
+    )
     assert all(o.error is None for o in out)
     assert [len(c[0]) for c in m.engine.calls[-2:]] == [2, 2]  # chunked at 6 // 2 = 3 rows
 
@@ -517,7 +521,7 @@ def test_rag_model_limits_decoder_rows(fake_pb):
 def test_rag_model_runs_pieces_in_parallel(fake_pb):
     m = _rag_model()
     m.parallel = 2
-    reqs = [_Request(wire.request_arrays([f"q{i}" * (i + 1)], {"n_docs": 2})) for i in range(5)]
+    reqs = [_Request(protocol.request_arrays([f"q{i}" * (i + 1)], {"n_docs": 2})) for i in range(5)]
     out = m.execute(reqs)
     assert all(o.error is None for o in out)
     for i, o in enumerate(out):  # every request gets its own answer back
@@ -537,7 +541,7 @@ def test_rag_model_runs_pieces_in_parallel(fake_pb):
     ],
 )
 def test_parse_url(url, protocol, expect):
-    from ragrt.client import parse_url
+    from ragrt.serving.client import parse_url
 
     e = parse_url(url, protocol)
     assert (e.host_port, e.protocol) == expect
@@ -547,14 +551,14 @@ def test_parse_url(url, protocol, expect):
     "url,needle", [("", "empty"), ("ftp://h:1", "scheme"), ("h:x", "port"), ("h:1/v2", "path")]
 )
 def test_parse_url_errors(url, needle):
-    from ragrt.client import parse_url
+    from ragrt.serving.client import parse_url
 
     with pytest.raises(InputError, match=needle):
         parse_url(url)
 
 
 def test_client_rejects_unknown_parameters():
-    from ragrt.client import RagClient
+    from ragrt.serving.client import RagClient
 
     c = RagClient("localhost:1", retries=0)
     with pytest.raises(InputError, match="temperature"):
@@ -564,8 +568,8 @@ def test_client_rejects_unknown_parameters():
 
 
 def test_client_gives_up_after_retries():
-    from ragrt.client import RagClient
-    from ragrt.serve import free_port
+    from ragrt.serving.client import RagClient
+    from ragrt.serving.server import free_port
 
     c = RagClient(f"127.0.0.1:{free_port()}", retries=2, backoff=0.01)
     with pytest.raises(ServerError, match="after 3 attempt"):
@@ -574,7 +578,7 @@ def test_client_gives_up_after_retries():
 
 
 def test_launcher_setup(tmp_path):
-    from ragrt.serve import TritonServer, find_tritonserver
+    from ragrt.serving.server import TritonServer, find_tritonserver
 
     with pytest.raises(InputError, match="does not exist"):
         TritonServer(tmp_path / "nope")

@@ -2,7 +2,7 @@
 
 Each model instance builds what it needs once in ``initialize`` (a :class:`RagEngine`, or only
 the question encoder + index for ``retrieve``, only the encoder for ``question_encoder``) and
-translates Triton tensors <-> engine calls with :mod:`ragrt.triton_models.wire`.
+translates Triton tensors <-> engine calls with :mod:`ragrt.serving.protocol`.
 
 Nothing a request sends can take the server down: every request is parsed and answered on its
 own, and any exception becomes that request's error response (``[code] message``). Requests the
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ragrt.errors import ArtifactError, InputError, RagrtError
-from ragrt.triton_models import wire
+from ragrt.serving import protocol
 
 log = logging.getLogger("ragrt.triton")
 
@@ -53,8 +53,8 @@ def open_engine(
 ) -> Any:
     """What one model needs: ``full`` (RagEngine), ``retrieve`` (encoder + index, no generator),
     ``encoder`` (question encoder only), ``tokenizer`` (question tokenizer only)."""
-    from ragrt import manifest as manifest_mod
     from ragrt.engine import RagEngine
+    from ragrt.runtime import manifest as manifest_mod
 
     if load == "full":
         return RagEngine.load(
@@ -65,12 +65,12 @@ def open_engine(
             nprobe=nprobe,
             intra_op_threads=threads,
         )
-    from ragrt.sessions import SessionOptions
+    from ragrt.runtime.sessions import SessionOptions
 
     m = manifest_mod.load(model_dir, verify=False, precision=precision)
     spec = m.question_encoder
     if load == "tokenizer":
-        from ragrt.text import TextTokenizer
+        from ragrt.runtime.text import TextTokenizer
 
         m.verify([spec.tokenizer])
         tok = TextTokenizer(
@@ -79,7 +79,7 @@ def open_engine(
             clean_up=spec.clean_up_tokenization_spaces,
         )
         return _Tokenizer(tok, spec)
-    from ragrt.encoders import TextEncoder
+    from ragrt.runtime.encoders import TextEncoder
 
     m.verify([spec.tokenizer, spec.onnx[precision]])
     qenc = TextEncoder.from_manifest(
@@ -87,7 +87,7 @@ def open_engine(
     )
     index = None
     if load == "retrieve":
-        from ragrt.index import PassageIndex
+        from ragrt.retrieval.index import PassageIndex
 
         if not index_dirs:
             raise ArtifactError("the retrieve model has no index (ragrt_index_dirs is empty)")
@@ -140,7 +140,7 @@ class _Model:
                 else min(8, max(1, int(self.model_config.get("max_batch_size", 1) or 1)))
             )
         self.parallel = par
-        self.limits = wire.Limits(
+        self.limits = protocol.Limits(
             max_n_docs=int(p.get("ragrt_max_n_docs", 50)),
             max_num_beams=int(p.get("ragrt_max_num_beams", 16)),
             max_decoder_rows=int(p.get("ragrt_max_decoder_rows", 4096)),
@@ -177,9 +177,9 @@ class _Model:
         elif not isinstance(e, RagrtError) or isinstance(e, ArtifactError):
             code = getattr(pb.TritonError, "INTERNAL", None)
         err = (
-            pb.TritonError(wire.error_text(e))
+            pb.TritonError(protocol.error_text(e))
             if code is None
-            else pb.TritonError(wire.error_text(e), code)
+            else pb.TritonError(protocol.error_text(e), code)
         )
         return pb.InferenceResponse(output_tensors=[], error=err)
 
@@ -295,7 +295,9 @@ class RagModel(_Model):
         items = []
         for i, r in enumerate(requests):
             try:
-                qs, kw = wire.parse_gen_request(self._getter(r), self.limits, batched=self.batched)
+                qs, kw = protocol.parse_gen_request(
+                    self._getter(r), self.limits, batched=self.batched
+                )
                 self._rows_limit(len(qs), kw)
                 items.append((i, qs, tuple(sorted(kw.items()))))
             except Exception as e:
@@ -313,7 +315,7 @@ class RagModel(_Model):
             responses[i] = (
                 self._error(res)
                 if isinstance(res, BaseException)
-                else self._ok(wire.pack_results(res))
+                else self._ok(protocol.pack_results(res))
             )
         return responses
 
@@ -326,7 +328,7 @@ class RetrieveModel(_Model):
         items = []
         for i, r in enumerate(requests):
             try:
-                qs, k = wire.parse_retrieve_request(
+                qs, k = protocol.parse_retrieve_request(
                     self._getter(r), self.limits, batched=self.batched
                 )
                 items.append((i, qs, k))
@@ -337,7 +339,7 @@ class RetrieveModel(_Model):
             responses[i] = (
                 self._error(res)
                 if isinstance(res, BaseException)
-                else self._ok(wire.pack_docs(res))
+                else self._ok(protocol.pack_docs(res))
             )
         return responses
 
@@ -350,7 +352,7 @@ class QuestionEncoderModel(_Model):
         items = []
         for i, r in enumerate(requests):
             try:
-                items.append((i, wire.parse_questions(self._getter(r), self.batched), None))
+                items.append((i, protocol.parse_questions(self._getter(r), self.batched), None))
             except Exception as e:
                 responses[i] = self._error(e)
         results = self._grouped(items, lambda qs, _k: list(self.engine.embed(qs)))
@@ -370,7 +372,7 @@ class TokenizerModel(_Model):
         responses = []
         for r in requests:
             try:
-                qs = wire.parse_questions(self._getter(r), self.batched)
+                qs = protocol.parse_questions(self._getter(r), self.batched)
                 responses.append(self._ok(self.engine(qs)))
             except Exception as e:
                 responses.append(self._error(e))
@@ -396,7 +398,7 @@ class RagStreamModel(_Model):
             sender = None
             try:
                 sender = r.get_response_sender()
-                q, kw = wire.parse_gen_request(self._getter(r), self.limits, batched=False)
+                q, kw = protocol.parse_gen_request(self._getter(r), self.limits, batched=False)
                 d = self.engine.defaults
                 rows = int(kw.get("num_beams") or d.num_beams) * int(kw.get("n_docs") or d.n_docs)
                 if rows > self.limits.max_decoder_rows:
@@ -431,9 +433,9 @@ class RagStreamModel(_Model):
                     )
                     return
                 if held is not None:
-                    self._send(sender, self._ok(wire.stream_arrays(held, False)), final=False)
+                    self._send(sender, self._ok(protocol.stream_arrays(held, False)), final=False)
                 held = piece
-            self._send(sender, self._ok(wire.stream_arrays(held or "", True)), final=True)
+            self._send(sender, self._ok(protocol.stream_arrays(held or "", True)), final=True)
         except BaseException as e:
             self._send(sender, self._error(e), final=True)
 

@@ -44,7 +44,7 @@ from typing import Any
 from ragrt import __version__
 from ragrt.errors import ArtifactError, InputError
 from ragrt.publish import publish_dir
-from ragrt.triton_models.wire import INT_PARAMS
+from ragrt.serving.protocol import INT_PARAMS
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class RepoOptions:
     overwrite: bool = False
 
     def validate(self) -> RepoOptions:
-        from ragrt.manifest import PRECISIONS
+        from ragrt.runtime.manifest import PRECISIONS
 
         def positive(name: str, v: Any, lo: int = 1, hi: int | None = None) -> None:
             if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi and v > hi):
@@ -507,7 +507,7 @@ def check_repository(repo: str | os.PathLike) -> dict[str, Any]:
 # -- artifacts -------------------------------------------------------------------------------
 def _place(src: Path, dst: Path, sha256: str | None, size: int | None, link: bool) -> str:
     """Copy (or hard-link) ``src`` to ``dst``; check the result's sha256; return it."""
-    from ragrt.manifest import sha256_file
+    from ragrt.runtime.manifest import sha256_file
 
     if not src.is_file():
         raise ArtifactError(
@@ -573,8 +573,8 @@ def build_repository(
     precision), the index manifests, and that the index was built for this question encoder.
     The repository is written next to ``out`` and renamed into place when complete.
     """
-    from ragrt import manifest as manifest_mod
-    from ragrt.index import IndexManifest, check_model_identity
+    from ragrt.retrieval.index import IndexManifest, check_model_identity
+    from ragrt.runtime import manifest as manifest_mod
 
     opts = (options or RepoOptions()).validate()
     art = Path(model_dir)
@@ -731,7 +731,7 @@ def verify_repository(repo: str | os.PathLike, *, hash_files: bool = True) -> di
     """Parse every config (:func:`check_repository`) and check every artifact file against the
     sha256 and size recorded in ``ragrt_repo.json`` (e.g. after copying the repository to a
     server). Returns the configs by name."""
-    from ragrt.manifest import sha256_file
+    from ragrt.runtime.manifest import sha256_file
 
     root = Path(repo)
     configs = check_repository(root)

@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ragrt.errors import ServerError
-    from ragrt.serve import TritonServer
+    from ragrt.serving.server import TritonServer
 
     srv = TritonServer(
         args.repo,

@@ -1,4 +1,4 @@
-"""The wire format between ragrt's Triton models and :mod:`ragrt.client`: tensor names, how
+"""The wire format between ragrt's Triton models and :mod:`ragrt.serving.client`: tensor names, how
 requests and results become arrays, and how errors travel.
 
 Pure numpy (no ``triton_python_backend_utils``, no ``tritonclient``), so both sides import it

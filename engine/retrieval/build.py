@@ -21,7 +21,8 @@ import numpy as np
 
 from ragrt import __version__
 from ragrt.errors import InputError
-from ragrt.index import (
+from ragrt.publish import publish_dir
+from ragrt.retrieval.index import (
     EMB_FILES,
     FLAT_BELOW,
     INDEX_FILE,
@@ -35,9 +36,15 @@ from ragrt.index import (
     default_train_size,
     search_core,
 )
-from ragrt.manifest import file_record
-from ragrt.passages import STORE_FILES, Passage, ReadStats, build_store, count_lines, iter_passages
-from ragrt.publish import publish_dir
+from ragrt.retrieval.passages import (
+    STORE_FILES,
+    Passage,
+    ReadStats,
+    build_store,
+    count_lines,
+    iter_passages,
+)
+from ragrt.runtime.manifest import file_record
 
 log = logging.getLogger(__name__)
 
@@ -232,11 +239,11 @@ def build_index(
         raise InputError(f"{out} already exists; pass --overwrite to replace it")
     art = None
     if model is not None:
-        from ragrt import manifest as manifest_mod
+        from ragrt.runtime import manifest as manifest_mod
 
         if embeddings is None and encoder is None:
-            from ragrt.encoders import TextEncoder
-            from ragrt.sessions import SessionOptions
+            from ragrt.runtime.encoders import TextEncoder
+            from ragrt.runtime.sessions import SessionOptions
 
             art = manifest_mod.load(model, precision=precision)  # verifies the files it runs
             encoder = TextEncoder.from_manifest(

@@ -104,7 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from ragrt.errors import InputError
-    from ragrt.index_build import BuildOptions, build_index
+    from ragrt.retrieval.build import BuildOptions, build_index
 
     if not args.model and not args.embeddings:
         raise InputError(
@@ -141,9 +141,9 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from ragrt.encoders import TextEncoder
     from ragrt.errors import InputError
-    from ragrt.index import PassageIndex
+    from ragrt.retrieval.index import PassageIndex
+    from ragrt.runtime.encoders import TextEncoder
 
     questions = list(args.question)
     if any(not q.strip() for q in questions):
@@ -167,7 +167,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from ragrt.index import IndexManifest
+    from ragrt.retrieval.index import IndexManifest
 
     m = IndexManifest.load(args.index_dir)
     if args.verify:

@@ -3,7 +3,7 @@
 
 ::
 
-    from ragrt.client import RagClient
+    from ragrt.serving.client import RagClient
 
     client = RagClient("localhost:8001")                # gRPC (or "http://localhost:8000")
     res = client.ask("who wrote hamlet?", n_docs=5, num_beams=4)
@@ -37,7 +37,7 @@ import numpy as np
 from ragrt.errors import InputError, RagrtError, ServerError
 from ragrt.inputs import check_questions
 from ragrt.results import Doc, GenerationResult
-from ragrt.triton_models import wire
+from ragrt.serving import protocol
 
 __all__ = ["RagClient", "AsyncRagClient", "parse_url"]
 
@@ -125,7 +125,7 @@ def _server_error(e: BaseException, url: str) -> RagrtError:
     default = InputError if status in ("StatusCode.INVALID_ARGUMENT", "400") else ServerError
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return ServerError(f"no answer from {url} within the client timeout: {msg}")
-    return wire.error_from_text(msg, default)
+    return protocol.error_from_text(msg, default)
 
 
 def _check_questions(questions: Any) -> list[str]:
@@ -181,7 +181,7 @@ class _Base:
 
     @staticmethod
     def _gen_params(gen: dict[str, Any]) -> dict[str, Any]:
-        allowed = {"mode", *wire.PARAM_TENSORS}
+        allowed = {"mode", *protocol.PARAM_TENSORS}
         bad = sorted(set(gen) - allowed)
         if bad:
             raise InputError(
@@ -336,9 +336,9 @@ class RagClient(_Base):
         batched = self._max_batch(model) > 0
         out: list[GenerationResult] = []
         for chunk in self._chunks(qs, model):
-            arrays = wire.request_arrays(chunk, params, batched=batched)
-            r = self._infer(model, arrays, wire.RAG_OUTPUTS)
-            out += wire.unpack_results(r.as_numpy, chunk)
+            arrays = protocol.request_arrays(chunk, params, batched=batched)
+            r = self._infer(model, arrays, protocol.RAG_OUTPUTS)
+            out += protocol.unpack_results(r.as_numpy, chunk)
         return out
 
     def retrieve(self, questions: Sequence[str], k: int | None = None) -> list[list[Doc]]:
@@ -348,9 +348,9 @@ class RagClient(_Base):
         batched = self._max_batch(model) > 0
         out: list[list[Doc]] = []
         for chunk in self._chunks(qs, model):
-            arrays = wire.request_arrays(chunk, {"n_docs": k}, batched=batched)
-            r = self._infer(model, arrays, wire.DOC_OUTPUTS)
-            out += wire.unpack_docs(r.as_numpy, len(chunk))
+            arrays = protocol.request_arrays(chunk, {"n_docs": k}, batched=batched)
+            r = self._infer(model, arrays, protocol.DOC_OUTPUTS)
+            out += protocol.unpack_docs(r.as_numpy, len(chunk))
         return out
 
     def embed(self, questions: Sequence[str]) -> np.ndarray:
@@ -360,7 +360,7 @@ class RagClient(_Base):
         batched = self._max_batch(model) > 0
         parts = []
         for chunk in self._chunks(qs, model):
-            r = self._infer(model, wire.request_arrays(chunk, batched=batched), ["EMBEDDINGS"])
+            r = self._infer(model, protocol.request_arrays(chunk, batched=batched), ["EMBEDDINGS"])
             parts.append(
                 np.asarray(r.as_numpy("EMBEDDINGS"), dtype=np.float32).reshape(len(chunk), -1)
             )
@@ -375,7 +375,7 @@ class RagClient(_Base):
         if not isinstance(question, str):
             raise InputError(f"question must be a string, got {type(question).__name__}")
         params = self._gen_params(gen)
-        arrays = wire.request_arrays([question], params, batched=False)
+        arrays = protocol.request_arrays([question], params, batched=False)
         if self.protocol == "grpc":
             return self._stream_grpc(arrays)
         return self._stream_http(question, params)
@@ -413,7 +413,7 @@ class RagClient(_Base):
                     if error is not None:
                         raise error
                     got_any = True
-                    text = wire.decode_strings(result.as_numpy("TEXT"), "TEXT")[0]
+                    text = protocol.decode_strings(result.as_numpy("TEXT"), "TEXT")[0]
                     final = bool(np.asarray(result.as_numpy("FINAL")).reshape(-1)[0])
                     if text:
                         yield text
@@ -436,9 +436,9 @@ class RagClient(_Base):
                 c.close()
 
     def _stream_http(self, question: str, params: dict[str, Any]) -> Iterator[str]:
-        body: dict[str, Any] = {wire.QUESTION: question}
+        body: dict[str, Any] = {protocol.QUESTION: question}
         for k, v in params.items():
-            body[wire.MODE if k == "mode" else wire.PARAM_TENSORS[k]] = v
+            body[protocol.MODE if k == "mode" else protocol.PARAM_TENSORS[k]] = v
         scheme = "https" if self.endpoint.ssl else "http"
         url = f"{scheme}://{self.url}/v2/models/{self.models['stream']}/generate_stream"
         data = json.dumps(body).encode("utf-8")
@@ -457,7 +457,7 @@ class RagClient(_Base):
                 default = InputError if e.code == 400 else ServerError
                 if e.code == 404:
                     raise ServerError(f"{msg} (server {self.url})") from None
-                raise wire.error_from_text(msg, default) from None
+                raise protocol.error_from_text(msg, default) from None
             except (urllib.error.URLError, OSError) as e:
                 delay = next(delays, None)
                 if delay is None:
@@ -470,7 +470,7 @@ class RagClient(_Base):
                     continue
                 event = json.loads(line[5:].strip())
                 if "error" in event:
-                    raise wire.error_from_text(str(event["error"]))
+                    raise protocol.error_from_text(str(event["error"]))
                 text = event.get("TEXT", "")
                 if isinstance(text, list):
                     text = text[0] if text else ""
@@ -642,9 +642,9 @@ class AsyncRagClient(_Base):
         out: list[GenerationResult] = []
         for chunk in self._chunks(qs, model):
             r = await self._infer(
-                model, wire.request_arrays(chunk, params, batched=batched), wire.RAG_OUTPUTS
+                model, protocol.request_arrays(chunk, params, batched=batched), protocol.RAG_OUTPUTS
             )
-            out += wire.unpack_results(r.as_numpy, chunk)
+            out += protocol.unpack_results(r.as_numpy, chunk)
         return out
 
     async def retrieve(self, questions: Sequence[str], k: int | None = None) -> list[list[Doc]]:
@@ -654,9 +654,11 @@ class AsyncRagClient(_Base):
         out: list[list[Doc]] = []
         for chunk in self._chunks(qs, model):
             r = await self._infer(
-                model, wire.request_arrays(chunk, {"n_docs": k}, batched=batched), wire.DOC_OUTPUTS
+                model,
+                protocol.request_arrays(chunk, {"n_docs": k}, batched=batched),
+                protocol.DOC_OUTPUTS,
             )
-            out += wire.unpack_docs(r.as_numpy, len(chunk))
+            out += protocol.unpack_docs(r.as_numpy, len(chunk))
         return out
 
     async def embed(self, questions: Sequence[str]) -> np.ndarray:
@@ -666,7 +668,7 @@ class AsyncRagClient(_Base):
         parts = []
         for chunk in self._chunks(qs, model):
             r = await self._infer(
-                model, wire.request_arrays(chunk, batched=batched), ["EMBEDDINGS"]
+                model, protocol.request_arrays(chunk, batched=batched), ["EMBEDDINGS"]
             )
             parts.append(
                 np.asarray(r.as_numpy("EMBEDDINGS"), dtype=np.float32).reshape(len(chunk), -1)
@@ -681,7 +683,7 @@ class AsyncRagClient(_Base):
             raise InputError("AsyncRagClient.stream needs gRPC (the server's gRPC port)")
         import tritonclient.grpc.aio as aio
 
-        arrays = wire.request_arrays([question], self._gen_params(gen), batched=False)
+        arrays = protocol.request_arrays([question], self._gen_params(gen), batched=False)
         inputs = []
         for name, arr in arrays.items():
             dt = "BYTES" if arr.dtype == np.object_ else _triton_dtype(arr.dtype)
@@ -706,7 +708,7 @@ class AsyncRagClient(_Base):
                     if error is not None:
                         raise error
                     got_any = True
-                    text = wire.decode_strings(result.as_numpy("TEXT"), "TEXT")[0]
+                    text = protocol.decode_strings(result.as_numpy("TEXT"), "TEXT")[0]
                     if text:
                         yield text
                     if bool(np.asarray(result.as_numpy("FINAL")).reshape(-1)[0]):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ragrt.generation.params import GenerationParams
+    from ragrt.runtime.generation.params import GenerationParams
 
 NEG_INF = np.float32(-np.inf)
 

@@ -1,6 +1,6 @@
 """The passage index: FAISS inner-product search + the memory-mapped passage store.
 
-An INDEX_DIR (written by :func:`ragrt.index_build.build_index`, ``ragrt index build``) holds
+An INDEX_DIR (written by :func:`ragrt.retrieval.build.build_index`, ``ragrt index build``) holds
 
 ``manifest.json``
     format, dimension, metric, factory, passage count, embedding model (name + sha256 of its
@@ -9,7 +9,7 @@ An INDEX_DIR (written by :func:`ragrt.index_build.build_index`, ``ragrt index bu
 ``index.faiss``
     the FAISS index (ids are passage rows ``0..N-1``).
 ``passages.*``
-    the passage store (:mod:`ragrt.passages`).
+    the passage store (:mod:`ragrt.retrieval.passages`).
 ``embeddings.f16`` (optional)
     exact passage embeddings, raw float16 ``[N, dim]``, memory-mapped. With it, doc scores are
     ``q . d`` recomputed from the stored embedding (as the reference RAG retriever does) and
@@ -34,9 +34,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ragrt.errors import ArtifactError, DeviceError, InputError
-from ragrt.manifest import sha256_file
-from ragrt.passages import PassageStore
 from ragrt.results import Doc
+from ragrt.retrieval.passages import PassageStore
+from ragrt.runtime.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -560,8 +560,8 @@ class PassageIndex:
 
     # -- encoder check ---------------------------------------------------------------------
     def check_encoder(self, encoder: Any) -> None:
-        """Fail unless ``encoder`` (a question :class:`~ragrt.encoders.TextEncoder`, or an
-        :class:`~ragrt.manifest.ArtifactManifest`) matches the model the index was built with."""
+        """Fail unless ``encoder`` (a question :class:`~ragrt.runtime.encoders.TextEncoder`, or an
+        :class:`~ragrt.runtime.manifest.ArtifactManifest`) matches the model the index was built with."""
         if hasattr(encoder, "question_encoder") and hasattr(encoder, "files"):
             spec = encoder.question_encoder
             name, dim = spec.name, spec.dim

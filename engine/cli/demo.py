@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             f"the demo needs the export and dev extras ({e.name} missing): make demo"
         ) from None
     from ragrt.engine import RagEngine
-    from ragrt.index_build import build_index
+    from ragrt.retrieval.build import build_index
 
     work: Path = args.workdir
     if args.rebuild and work.exists():

@@ -15,7 +15,7 @@ For each question:
 4. return the ``num_return_sequences`` best candidates.
 
 The per-doc generation of all questions runs as one batch (beam search items are
-independent, see :func:`ragrt.generation.search.beam_search`); rescoring runs per question.
+independent, see :func:`ragrt.runtime.generation.search.beam_search`); rescoring runs per question.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ragrt.generation.params import GenerationParams
-from ragrt.generation.rag_token import check_inputs
-from ragrt.generation.search import (
+from ragrt.runtime.generation.params import GenerationParams
+from ragrt.runtime.generation.rag_token import check_inputs
+from ragrt.runtime.generation.search import (
     F32,
     OnToken,
     TokenHypothesis,
@@ -132,7 +132,7 @@ def generate(
     """RAG-Sequence generation; per question, up to ``num_return_sequences`` hypotheses.
 
     Scores are the marginal ``log p(y|x)`` the candidates were ranked by. ``on_token`` is
-    accepted for signature compatibility with :func:`ragrt.generation.rag_token.generate`
+    accepted for signature compatibility with :func:`ragrt.runtime.generation.rag_token.generate`
     and never called: the answer is only known after rescoring.
     """
     return [

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ragrt import manifest as manifest_mod
 from ragrt.errors import InputError
-from ragrt.manifest import ArtifactManifest, EncoderSpec
-from ragrt.sessions import SessionOptions, open_session
-from ragrt.text import TextTokenizer
+from ragrt.runtime import manifest as manifest_mod
+from ragrt.runtime.manifest import ArtifactManifest, EncoderSpec
+from ragrt.runtime.sessions import SessionOptions, open_session
+from ragrt.runtime.text import TextTokenizer
 
 
 @dataclass

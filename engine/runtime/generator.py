@@ -5,7 +5,7 @@ export: ``encoder_model.onnx``, ``decoder_model.onnx`` (first step: computes the
 cross-attention caches) and ``decoder_with_past_model.onnx`` (later steps: one token in, the
 self-attention cache grows by one).
 
-The search code (``ragrt.generation``) only sees a :class:`DecoderStep`: ``step(tokens)`` gives
+The search code (``ragrt.runtime.generation``) only sees a :class:`DecoderStep`: ``step(tokens)`` gives
 the next-token logits of every live row and ``select(idx)`` keeps/reorders rows (beam reorder,
 dropping finished rows). Two implementations share that interface:
 
@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ragrt.errors import ArtifactError, InputError
-from ragrt.sessions import SessionOptions, open_session
+from ragrt.runtime.sessions import SessionOptions, open_session
 
 _PRESENT = re.compile(r"^present\.(\d+)\.(decoder|encoder)\.(key|value)$")
 _ORT_FLOAT = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -296,7 +296,7 @@ class RowGather:
     def __init__(self, count: int, rank: int, dtype: Any, opts: SessionOptions):
         import onnxruntime as ort
 
-        from ragrt.sessions import providers_for
+        from ragrt.runtime.sessions import providers_for
 
         elem = 10 if np.dtype(dtype) == np.float16 else 1
         so = ort.SessionOptions()

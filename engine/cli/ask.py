@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     kw = {k: v for k, v in _gen_kwargs(args).items() if v is not None}
     if args.url:
-        from ragrt.client import RagClient
+        from ragrt.serving.client import RagClient
 
         client = RagClient(args.url, protocol=args.protocol)
         stream, answer = client.stream, client.ask_batch

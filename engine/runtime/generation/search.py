@@ -1,7 +1,7 @@
 """Greedy and beam search in numpy, with transformers 4.57's exact semantics.
 
 Both searches drive a *step model*: ``step(tokens[N]) -> scores[N, V]`` for the live rows and
-``select(idx)`` to keep/reorder rows. A plain :class:`ragrt.generator.DecoderStep` is one (its
+``select(idx)`` to keep/reorder rows. A plain :class:`ragrt.runtime.generator.DecoderStep` is one (its
 scores are logits); RAG-Token wraps one so that its scores are doc-marginalized log-probs.
 
 - :func:`greedy` is ``GenerationMixin._sample`` without sampling: processors on the raw scores,
@@ -21,8 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ragrt.generation.params import GenerationParams
-from ragrt.generation.processors import ProcessorList, build_processors
+from ragrt.runtime.generation.params import GenerationParams
+from ragrt.runtime.generation.processors import ProcessorList, build_processors
 
 F32 = np.float32
 BIG_NEG = F32(-1.0e9)

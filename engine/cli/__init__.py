@@ -1,4 +1,4 @@
-"""The ``ragrt`` command line: one subcommand per stage, each in ``ragrt.commands``.
+"""The ``ragrt`` command line: one subcommand per stage, each a module of ``ragrt.cli``.
 
 Subcommand modules import their heavy dependencies inside their handlers, so ``ragrt --help``
 stays instant. Every :class:`~ragrt.errors.RagrtError` becomes ``error: <message>`` on stderr
@@ -16,7 +16,7 @@ from importlib import import_module
 from ragrt import __version__
 from ragrt.errors import RagrtError
 
-# module name under ragrt.commands, in the order shown by --help
+# module name under ragrt.cli, in the order shown by --help
 COMMANDS = ("export", "index", "ask", "triton", "serve", "bench", "demo")
 
 
@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            mod = import_module(f"ragrt.commands.{name}_cmd")
+            mod = import_module(f"ragrt.cli.{name}")
         except ModuleNotFoundError as e:
-            if e.name == f"ragrt.commands.{name}_cmd":
+            if e.name == f"ragrt.cli.{name}":
                 continue  # command not part of this build
             raise
         mod.register(sub)

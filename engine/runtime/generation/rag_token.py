@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from ragrt.errors import InputError
-from ragrt.generation.params import GenerationParams
-from ragrt.generation.search import (
+from ragrt.runtime.generation.params import GenerationParams
+from ragrt.runtime.generation.search import (
     F32,
     OnToken,
     TokenHypothesis,

@@ -77,7 +77,7 @@ def build_contexts(questions: Sequence[str], docs: Sequence[Sequence[Any]], gen:
 def question_strings(tokenizer: Any, ids: np.ndarray, mask: np.ndarray | None = None) -> list[str]:
     """The reference's ``question_encoder_tokenizer.batch_decode(ids, skip_special_tokens=True)``.
 
-    ``tokenizer`` is a :class:`ragrt.text.TextTokenizer` (its ``decode`` applies transformers'
+    ``tokenizer`` is a :class:`ragrt.runtime.text.TextTokenizer` (its ``decode`` applies transformers'
     ``clean_up_tokenization``); padding is dropped via ``mask`` when given.
     """
     rows = np.asarray(ids)

@@ -1,1 +1,0 @@
-"""One module per ``ragrt`` subcommand; each exposes ``register(subparsers)``."""
