@@ -99,7 +99,9 @@ def test_imports_point_one_way(module):
         for forbidden in (f for r in rules for f in r)
         if _matches(name, forbidden) and not _matches(name, module)
     )
-    assert not bad, f"{module} imports {bad}, against the package arrows (tests/test_architecture.py)"
+    assert not bad, (
+        f"{module} imports {bad}, against the package arrows (tests/test_architecture.py)"
+    )
 
 
 def test_nothing_imports_the_cli():
