@@ -139,7 +139,7 @@ def check_file_records(
         raise ArtifactError(f"{where}: {field} must be an object, got {_show(files)}; {fix}")
     for rel, rec in files.items():
         safe_path(root, rel, where=where, fix=fix)
-        name = f"{field}[{rel!r}]"
+        name = _sub(field, rel)
         if not isinstance(rec, dict):
             raise ArtifactError(
                 f"{where}: {name} must be an object with sha256 and bytes, got {_show(rec)}; {fix}"
@@ -303,8 +303,13 @@ def _match(value: Any, hint: Any, name: str, where: Any, fix: str) -> tuple[bool
         _, item = typing.get_args(hint) or (str, Any)
         if not isinstance(value, dict):
             return False, None
-        return True, {k: _check_value(v, item, f"{name}.{k}", where, fix) for k, v in value.items()}
+        return True, {k: _check_value(v, item, _sub(name, k), where, fix) for k, v in value.items()}
     return isinstance(value, hint), value
+
+
+def _sub(name: str, key: Any) -> str:
+    """How a field inside ``name`` is named in messages: ``generator.onnx``, ``files['a/b']``."""
+    return f"{name}.{key}" if isinstance(key, str) and key.isidentifier() else f"{name}[{key!r}]"
 
 
 def _describe(hint: Any) -> str:
