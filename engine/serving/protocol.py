@@ -88,8 +88,21 @@ def error_from_text(text: str, default: type[RagrtError] = ServerError) -> Ragrt
 
 
 # -- strings ---------------------------------------------------------------------------------
-def encode_strings(values: Sequence[str]) -> np.ndarray:
-    return np.array([v.encode("utf-8") for v in values], dtype=np.object_)
+def utf8(text: str, what: str) -> bytes:
+    """``text`` as UTF-8; text that has no UTF-8 form (a lone surrogate such as ``"\\ud800"``)
+    is an :class:`InputError` naming ``what``."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{what} is not valid Unicode text (a lone surrogate at character {e.start}); "
+            "send text that can be encoded as UTF-8"
+        ) from None
+
+
+def encode_strings(values: Sequence[str], what: str = "question") -> np.ndarray:
+    """UTF-8 bytes of ``values`` as a BYTES array (see :func:`utf8`)."""
+    return np.array([utf8(v, f"{what} {i}") for i, v in enumerate(values)], dtype=np.object_)
 
 
 def decode_string(v: Any, what: str) -> str:
@@ -367,6 +380,36 @@ def unpack_results(
             GenerationResult(q, answers[i], _unpad(ids[i]), float(scores[i]), docs[i], seqs)
         )
     return results
+
+
+def stream_body(question: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Client side: the JSON body of an HTTP ``generate_stream`` request (tensor names as
+    keys; None values left out)."""
+    body: dict[str, Any] = {QUESTION: question}
+    for key, value in params.items():
+        if value is not None:
+            body[MODE if key == "mode" else PARAM_TENSORS[key]] = value
+    return body
+
+
+def stream_event(out: Callable[[str], np.ndarray | None]) -> tuple[str, bool]:
+    """Client side: ``(text, final)`` of one ``rag_stream`` response (gRPC)."""
+    text = decode_strings(out("TEXT"), "TEXT")[0]
+    return text, bool(np.asarray(out("FINAL")).reshape(-1)[0])
+
+
+def stream_event_json(event: dict[str, Any]) -> tuple[str, bool]:
+    """Client side: ``(text, final)`` of one server-sent event of ``generate_stream`` (HTTP);
+    an ``error`` event raises the ragrt error it names."""
+    if not isinstance(event, dict):
+        raise ServerError(f"malformed stream event from the server: {event!r}")
+    if "error" in event:
+        raise error_from_text(str(event["error"]))
+    text = event.get("TEXT", "")
+    if isinstance(text, list):
+        text = text[0] if text else ""
+    final = event.get("FINAL", False)
+    return str(text), (final[0] if isinstance(final, list) else final) is True
 
 
 def stream_arrays(text: str, final: bool) -> dict[str, np.ndarray]:
