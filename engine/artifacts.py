@@ -266,44 +266,48 @@ def _check_value(value: Any, hint: Any, name: str, where: Any, fix: str) -> Any:
     return out
 
 
+#: JSON scalars: which Python values fit each type hint (a bool is not an integer here)
+_SCALARS = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+    type(None): lambda v: v is None,
+}
+
+
 def _match(value: Any, hint: Any, name: str, where: Any, fix: str) -> tuple[bool, Any]:
     """(whether ``value`` fits ``hint``, the value to keep)."""
-    origin = typing.get_origin(hint)
     if hint is Any:
         return True, value
-    if origin in (typing.Union, types.UnionType):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         for h in typing.get_args(hint):
             ok, out = _match(value, h, name, where, fix)
             if ok:
                 return True, out
         return False, None
-    if hint is type(None):
-        return value is None, None
+    if hint in _SCALARS:
+        ok = _SCALARS[hint](value)
+        return ok, (float(value) if ok and hint is float else value)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             return False, None
         return True, from_json(hint, value, where=where, fix=fix, field=name)
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else None
-    if hint is str:
-        return isinstance(value, str), value
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        if not isinstance(value, list):
-            return False, None
+    return _match_container(value, hint, name, where, fix)
+
+
+def _match_container(value: Any, hint: Any, name: str, where: Any, fix: str) -> tuple[bool, Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list and isinstance(value, list):
+        item = args[0] if args else Any
         return True, [
             _check_value(v, item, f"{name}[{i}]", where, fix) for i, v in enumerate(value)
         ]
-    if origin is dict:
-        _, item = typing.get_args(hint) or (str, Any)
-        if not isinstance(value, dict):
-            return False, None
+    if origin is dict and isinstance(value, dict):
+        item = args[1] if args else Any
         return True, {k: _check_value(v, item, _sub(name, k), where, fix) for k, v in value.items()}
+    if origin in (list, dict):
+        return False, None
     return isinstance(value, hint), value
 
 

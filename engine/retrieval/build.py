@@ -356,30 +356,7 @@ def _build(
 
     # 4. default nprobe from measured recall
     t = time.perf_counter()
-    calibration = None
-    nprobe = None
-    if nlist is not None:
-        if opts.nprobe is not None:
-            nprobe = int(opts.nprobe)
-        else:
-            cq = opts.calibration_queries
-            if cq is not None and not isinstance(cq, np.ndarray):
-                cq = load_embeddings(cq)
-            if cq is not None and (cq.ndim != 2 or cq.shape[1] != dim):
-                raise InputError(
-                    f"calibration queries must have shape [queries, {dim}], got {list(cq.shape)}"
-                )
-            calibration = calibrate_nprobe(
-                index,
-                vecs,
-                nlist,
-                queries=cq,
-                exact_ok=exact is not None,
-                n_queries=opts.calibrate_queries,
-                target=opts.target_recall,
-                seed=opts.seed,
-            )
-            nprobe = calibration["nprobe"]
+    nprobe, calibration = _default_nprobe(index, vecs, nlist, dim, exact is not None, opts)
     timings["calibrate_s"] = time.perf_counter() - t
     del vecs
     if exact is None:
@@ -421,6 +398,35 @@ def _build(
     man.write(tmp)
     log.info("built %s: %d passages, %s, %.1fs", out, n, factory, time.perf_counter() - t_start)
     return man
+
+
+def _default_nprobe(
+    index: Any, vecs: np.ndarray, nlist: int | None, dim: int, exact_ok: bool, opts: BuildOptions
+) -> tuple[int | None, dict[str, Any] | None]:
+    """The index's default nprobe: none for a flat index, ``--nprobe`` when given, else
+    calibrated (:func:`calibrate_nprobe`); with the calibration record."""
+    if nlist is None:
+        return None, None
+    if opts.nprobe is not None:
+        return int(opts.nprobe), None
+    cq = opts.calibration_queries
+    if cq is not None and not isinstance(cq, np.ndarray):
+        cq = load_embeddings(cq)
+    if cq is not None and (cq.ndim != 2 or cq.shape[1] != dim):
+        raise InputError(
+            f"calibration queries must have shape [queries, {dim}], got {list(cq.shape)}"
+        )
+    calibration = calibrate_nprobe(
+        index,
+        vecs,
+        nlist,
+        queries=cq,
+        exact_ok=exact_ok,
+        n_queries=opts.calibrate_queries,
+        target=opts.target_recall,
+        seed=opts.seed,
+    )
+    return calibration["nprobe"], calibration
 
 
 def _first(e: BaseException) -> str:

@@ -186,9 +186,9 @@ class ArtifactManifest:
         def bad(msg: str) -> ArtifactError:
             return ArtifactError(f"{where}: {msg}; {FIX}")
 
-        for p in self.precisions:
-            if p not in PRECISIONS:
-                raise bad(f"precisions lists {p!r}, not one of {', '.join(PRECISIONS)}")
+        unknown = sorted(set(self.precisions) - set(PRECISIONS))
+        if unknown:
+            raise bad(f"precisions lists {unknown[0]!r}, not one of {', '.join(PRECISIONS)}")
         encoders = [("question_encoder", self.question_encoder)]
         if self.context_encoder is not None:
             encoders.append(("context_encoder", self.context_encoder))
@@ -199,16 +199,21 @@ class ArtifactManifest:
             if unknown:
                 raise bad(f"{name}.onnx has unknown precision(s) {', '.join(unknown)}")
         for p in self.precisions:
-            if p not in self.question_encoder.onnx:
-                raise bad(f"question_encoder.onnx has no {p!r} entry, though precisions lists it")
-            graphs = self.generator.onnx.get(p)
-            if graphs is None:
-                raise bad(f"generator.onnx has no {p!r} entry, though precisions lists it")
-            missing = [g for g in GENERATOR_GRAPHS if g not in graphs]
+            missing = self._missing_graphs(p)
             if missing:
-                raise bad(f"generator.onnx.{p} lacks {', '.join(missing)}")
+                raise bad(missing)
         check_file_records(self.root, self.files, where=where, fix=FIX)
         check_paths(self.root, self.named_paths(), where=where, fix=FIX)
+
+    def _missing_graphs(self, p: str) -> str | None:
+        """What precision ``p`` lacks among the ONNX files the runtime opens, or None."""
+        if p not in self.question_encoder.onnx:
+            return f"question_encoder.onnx has no {p!r} entry, though precisions lists it"
+        graphs = self.generator.onnx.get(p)
+        if graphs is None:
+            return f"generator.onnx has no {p!r} entry, though precisions lists it"
+        missing = [g for g in GENERATOR_GRAPHS if g not in graphs]
+        return f"generator.onnx.{p} lacks {', '.join(missing)}" if missing else None
 
     def named_paths(self) -> list[str]:
         """Every file name the manifest's specs name (tokenizers and ONNX graphs)."""

@@ -345,26 +345,16 @@ class ClientCore:
         attempts = 0
         while True:
             attempts += 1
-            got_any = False
+            read: list[StreamEvent] = []
             handle = None
             try:
                 handle = yield Call("open_stream", (model, arrays, body))
-                while True:
-                    event = yield Call("next_event", (handle,))
-                    if event is None:
-                        raise ServerError(
-                            f"the stream from {self.url} ended without its final response (the "
-                            "server stopped or the connection was cut): the answer is incomplete"
-                        )
-                    got_any = True
-                    if event.text:
-                        yield Piece(event.text)
-                    if event.final:
-                        return
+                yield from self._pieces(handle, read)
+                return
             except RagrtError:
                 raise
             except Exception as e:
-                if got_any or not is_connection_error(e):
+                if read or not is_connection_error(e):
                     raise server_error(e, self.url) from None
                 if handle is not None:
                     yield Call("close_stream", (handle,))
@@ -372,6 +362,22 @@ class ClientCore:
                 if delay is None:
                     raise self.unreachable(attempts, e) from None
                 yield Call("sleep", (delay,))
+
+    def _pieces(self, handle: Any, read: list[StreamEvent]) -> Plan[None]:
+        """The pieces of one open stream up to its final response (events appended to
+        ``read``: a stream that has answered is not retried)."""
+        while True:
+            event = yield Call("next_event", (handle,))
+            if event is None:
+                raise ServerError(
+                    f"the stream from {self.url} ended without its final response (the "
+                    "server stopped or the connection was cut): the answer is incomplete"
+                )
+            read.append(event)
+            if event.text:
+                yield Piece(event.text)
+            if event.final:
+                return
 
 
 def _unencodable(qs: list[str]) -> dict[int, InputError]:

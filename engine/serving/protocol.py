@@ -222,6 +222,11 @@ def parse_gen_request(
                 f"MODE={m!r} is unknown: choose 'token' (RAG-Token) or 'sequence' (RAG-Sequence)"
             )
         kw["mode"] = m
+    _check_ranges(kw, limits)
+    return qs, kw
+
+
+def _check_ranges(kw: dict[str, Any], limits: Limits) -> None:
     n_docs = kw.get("n_docs")
     if n_docs is not None and not 1 <= n_docs <= limits.max_n_docs:
         raise InputError(
@@ -233,15 +238,16 @@ def parse_gen_request(
         raise InputError(
             f"NUM_BEAMS={beams} is out of range: this server allows 1..{limits.max_num_beams} beams"
         )
-    for name in ("MAX_NEW_TOKENS", "NUM_RETURN_SEQUENCES"):
+    for name, lo in (
+        ("MAX_NEW_TOKENS", 1),
+        ("NUM_RETURN_SEQUENCES", 1),
+        ("MIN_NEW_TOKENS", 0),
+        ("NO_REPEAT_NGRAM_SIZE", 0),
+    ):
         v = kw.get(INT_PARAMS[name])
-        if v is not None and v < 1:
-            raise InputError(f"{name}={v} is out of range: it must be at least 1")
-    for name in ("MIN_NEW_TOKENS", "NO_REPEAT_NGRAM_SIZE"):
-        v = kw.get(INT_PARAMS[name])
-        if v is not None and v < 0:
-            raise InputError(f"{name}={v} is out of range: it must be 0 or more")
-    return qs, kw
+        if v is not None and v < lo:
+            least = "at least 1" if lo else "0 or more"
+            raise InputError(f"{name}={v} is out of range: it must be {least}")
 
 
 def parse_retrieve_request(
