@@ -492,3 +492,26 @@ def test_from_json_types(tmp_path):
             fix="f",
         )
     assert np.isfinite(g.length_penalty)
+
+
+def test_outputs_under_a_file_or_unwritable(rag_bart_art, rag_bart_index, tmp_path):
+    from ragrt.retrieval.build import BuildOptions, build_index
+    from ragrt.triton_models.repository import build_repository
+
+    p, e, _ = write_corpus(tmp_path / "corpus", 300, 16)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="is not a directory"):
+        build_index(p, blocker / "idx", embeddings=e, options=BuildOptions(progress=False))
+    with pytest.raises(InputError, match="is not a directory"):
+        build_repository(rag_bart_art, rag_bart_index, blocker / "sub" / "repo")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            with pytest.raises(InputError, match="not writable"):
+                build_index(p, locked / "idx", embeddings=e, options=BuildOptions(progress=False))
+        finally:
+            locked.chmod(0o700)
+    assert blocker.read_text() == "x"
