@@ -38,6 +38,21 @@ RULES: dict[str, tuple[str, ...]] = {
     "ragrt.engine": ("ragrt.serving", *OUTSIDE_RUNTIME, *HEAVY),
     "ragrt.serving": ("ragrt.engine", *OUTSIDE_RUNTIME, *HEAVY),
     "ragrt.errors": ("ragrt.",),
+    "ragrt.artifacts": tuple(
+        f"ragrt.{m}"
+        for m in (
+            "runtime",
+            "retrieval",
+            "engine",
+            "serving",
+            "cli",
+            "results",
+            "inputs",
+            "export",
+            "triton_models",
+            "benchmarks",
+        )
+    ),
     "ragrt.results": ("ragrt.runtime", "ragrt.retrieval", "ragrt.engine", "ragrt.serving"),
     "ragrt.inputs": ("ragrt.runtime", "ragrt.retrieval", "ragrt.engine", "ragrt.serving"),
     "ragrt.triton_models": ("ragrt.cli", "ragrt.benchmarks", "ragrt.export"),

@@ -179,7 +179,7 @@ def test_build_repository_copies_and_checks(rag_bart_art, index_dir, tmp_path):
     out = tmp_path / "repo"
     s = build_repository(rag_bart_art, index_dir, out, RepoOptions(models=["rag", "retrieve"]))
     assert s.models == ["rag", "retrieve"] and out.is_dir()
-    assert not list(tmp_path.glob("repo.tmp-*"))
+    assert not list(tmp_path.glob(".repo.*"))  # no staging directory left
     art = out / "rag" / "artifacts"
     assert (art / "model" / "manifest.json").is_file() and (art / "index" / "index.faiss").is_file()
     assert not (art / "model" / "generator" / "int8").exists()  # only the chosen precision
@@ -242,7 +242,7 @@ def test_build_refuses_bad_sources(rag_bart_art, index_dir, tmp_path):
     onnx.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="sha256"):
         build_repository(bad, index_dir, tmp_path / "r4", RepoOptions())
-    assert not (tmp_path / "r4").exists() and not list(tmp_path.glob("r4.tmp-*"))
+    assert not (tmp_path / "r4").exists() and not list(tmp_path.glob(".r4.*"))
 
 
 def test_cli_build_repo_and_check(rag_bart_art, index_dir, tmp_path, capsys):

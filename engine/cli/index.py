@@ -68,7 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="question embeddings [Q, dim] to calibrate the default nprobe on (recommended: a "
         "few hundred real questions; default: sampled passages as a proxy)",
     )
-    b.add_argument("--overwrite", action="store_true", help="replace an existing INDEX_DIR")
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing INDEX_DIR (only an index ragrt built)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
 
