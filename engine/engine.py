@@ -10,7 +10,6 @@ reaches back up the chain.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
@@ -23,13 +22,14 @@ import numpy as np
 from ragrt.errors import InputError, RagrtError
 from ragrt.inputs import check_questions
 from ragrt.results import Doc, GenerationResult, Hypothesis
+from ragrt.retrieval.index import PassageIndex
+from ragrt.retrieval.retriever import Retriever
 from ragrt.runtime import manifest as manifest_mod
 from ragrt.runtime.encoders import TextEncoder
-from ragrt.runtime.manifest import ArtifactManifest, check_precision
+from ragrt.runtime.generator import Seq2SeqGenerator
+from ragrt.runtime.manifest import ArtifactManifest
 from ragrt.runtime.sessions import SessionOptions
 from ragrt.runtime.text import TextTokenizer
-
-log = logging.getLogger(__name__)
 
 MODES = ("token", "sequence")
 # T5 has relative positions (no hard limit): cap generation at something still sane
@@ -56,23 +56,27 @@ class RagEngine:
     def __init__(
         self,
         manifest: ArtifactManifest,
-        question_encoder: TextEncoder,
-        generator: Any,
+        retriever: Retriever,
+        generator: Seq2SeqGenerator,
         generator_tokenizer: TextTokenizer,
-        index: Any | None,
         precision: str,
         device: str,
-        nprobe: int | None = None,
     ):
         self.manifest = manifest
-        self.question_encoder = question_encoder
+        self.retriever = retriever
         self.generator = generator
         self.generator_tokenizer = generator_tokenizer
-        self.index = index
         self.precision = precision
         self.device = device
-        self.nprobe = nprobe
         self.defaults = manifest.generation
+
+    @property
+    def question_encoder(self) -> TextEncoder:
+        return self.retriever.encoder
+
+    @property
+    def index(self) -> PassageIndex | None:
+        return self.retriever.index
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
@@ -93,25 +97,16 @@ class RagEngine:
         Several index dirs are searched as shards of one corpus. Without an index only
         :meth:`embed` and :meth:`generate_from_docs` work.
         """
-        from ragrt.runtime.generator import Seq2SeqGenerator
-
-        check_precision(precision)
         m = manifest_mod.load(model_dir, verify=verify, precision=precision)
         opts = SessionOptions(device=device, intra_op_threads=intra_op_threads)
-        qenc = TextEncoder.from_manifest(m, "question_encoder", precision, opts)
+        retriever = Retriever.from_manifest(m, index_dir, precision, opts, nprobe=nprobe)
         gen = Seq2SeqGenerator.from_spec(m.generator, m.root, precision, opts)
         gtok = TextTokenizer(
             m.path(m.generator.tokenizer),
             pad_token_id=m.generation.pad_token_id,
             clean_up=m.generator.clean_up_tokenization_spaces,
         )
-        index = None
-        if index_dir is not None:
-            from ragrt.retrieval.index import PassageIndex
-
-            index = PassageIndex.open(index_dir, device="cpu" if device == "cpu" else "auto")
-            index.check_encoder(m)
-        return cls(m, qenc, gen, gtok, index, precision, device, nprobe)
+        return cls(m, retriever, gen, gtok, precision, device)
 
     # -- input checks ----------------------------------------------------------------------
     def _check_questions(self, questions: Any) -> list[str]:
@@ -129,11 +124,7 @@ class RagEngine:
     def _check_n_docs(self, n_docs: int) -> int:
         if isinstance(n_docs, bool) or not isinstance(n_docs, (int, np.integer)) or n_docs <= 0:
             raise InputError(f"n_docs must be a positive integer, got {n_docs!r}")
-        if self.index is not None and n_docs > len(self.index):
-            raise InputError(
-                f"n_docs={n_docs} is larger than the index ({len(self.index)} passages)"
-            )
-        return int(n_docs)
+        return self.retriever.check_n_docs(int(n_docs))
 
     def _params(self, n_docs: int, **overrides: Any):
         from ragrt.runtime.generation import GenerationParams
@@ -150,63 +141,19 @@ class RagEngine:
         return p
 
     # -- retrieval half --------------------------------------------------------------------
-    def _encode(self, questions: list[str]) -> tuple[np.ndarray, list[str]]:
-        """Embeddings and the question strings as the generator sees them.
-
-        As in the reference, the question fed to the generator is the question-encoder ids
-        decoded back (lower-cased by uncased vocabularies, truncated like the ids).
-        """
-        spec = self.question_encoder.spec
-        tok = self.question_encoder.tokenizer
-        for i, q in enumerate(questions):
-            n = tok.token_count(q)
-            if n > spec.max_length:
-                log.warning(
-                    "question %d has %d tokens, more than the question encoder's limit of %d: "
-                    "truncated",
-                    i,
-                    n,
-                    spec.max_length,
-                )
-        ids, mask = self.question_encoder.tokenize(questions)
-        emb = self.question_encoder.run(ids, mask)
-        texts = [tok.decode(row[m.astype(bool)]) for row, m in zip(ids, mask)]
-        return emb, texts
-
     def embed(self, questions: Sequence[str]) -> np.ndarray:
         """Question embeddings ``[B, dim]`` float32."""
-        return self._encode(self._check_questions(questions))[0]
-
-    def _require_index(self) -> Any:
-        if self.index is None:
-            raise InputError(
-                "this engine was loaded without an index: pass index_dir to RagEngine.load"
-            )
-        return self.index
-
-    def _search(self, emb: np.ndarray, k: int) -> tuple[list[list[Doc]], np.ndarray]:
-        index = self._require_index()
-        res = index.search(emb, k, nprobe=self.nprobe)
-        docs = index.docs(res)
-        if any(len(d) < k for d in docs):
-            raise InputError(
-                f"the index returned fewer than n_docs={k} passages for a question "
-                "(raise nprobe or lower n_docs)"
-            )
-        return docs, np.asarray(res.scores, dtype=np.float32)
+        return self.retriever.embed(questions)
 
     def retrieve(self, questions: Sequence[str], k: int | None = None) -> list[list[Doc]]:
         """Top-``k`` passages per question (default ``n_docs`` of the model), best first."""
-        qs = self._check_questions(questions)
-        k = self._check_n_docs(self.defaults.n_docs if k is None else k)
-        emb, _ = self._encode(qs)
-        return self._search(emb, k)[0]
+        return self.retriever.retrieve(questions, k)
 
     # -- generation ------------------------------------------------------------------------
     def _prepare(self, questions: list[str], n_docs: int) -> _Prepared:
-        emb, qtexts = self._encode(questions)
-        docs, scores = self._search(emb, n_docs)
-        return self._contexts(questions, qtexts, docs, scores)
+        q = self.retriever.encode(questions)
+        hits = self.retriever.search(q.embeddings, n_docs)
+        return self._contexts(questions, q.texts, hits.docs, hits.scores)
 
     def _contexts(self, questions, qtexts, docs, scores) -> _Prepared:
         from ragrt.runtime.contexts import build_contexts
@@ -276,7 +223,7 @@ class RagEngine:
         mode = self._mode(mode)
         n = self._check_n_docs(self.defaults.n_docs if n_docs is None else n_docs)
         params = self._params(n, **overrides)
-        self._require_index()
+        self.retriever.require_index()
         return self._decode(self._prepare(qs, n), mode, params, on_token)
 
     def generate_from_docs(
@@ -293,7 +240,7 @@ class RagEngine:
             raise InputError("docs must hold the same non-zero number of Doc per question")
         n = len(docs[0])
         params = self._params(n, **kwargs)
-        _, qtexts = self._encode(qs)
+        qtexts = self.retriever.encode(qs).texts
         scores = np.array([[d.score for d in row] for row in docs], dtype=np.float32)
         prep = self._contexts(qs, qtexts, [list(r) for r in docs], scores)
         return self._decode(prep, mode, params)

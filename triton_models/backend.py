@@ -51,12 +51,11 @@ def open_engine(
     nprobe: int | None,
     threads: int,
 ) -> Any:
-    """What one model needs: ``full`` (RagEngine), ``retrieve`` (encoder + index, no generator),
-    ``encoder`` (question encoder only), ``tokenizer`` (question tokenizer only)."""
-    from ragrt.engine import RagEngine
-    from ragrt.runtime import manifest as manifest_mod
-
+    """What one model needs: ``full`` (RagEngine), ``retrieve`` (a Retriever: question encoder
+    + index), ``encoder`` (a Retriever without index), ``tokenizer`` (question tokenizer only)."""
     if load == "full":
+        from ragrt.engine import RagEngine
+
         return RagEngine.load(
             model_dir,
             index_dirs or None,
@@ -65,13 +64,12 @@ def open_engine(
             nprobe=nprobe,
             intra_op_threads=threads,
         )
-    from ragrt.runtime.sessions import SessionOptions
-
-    m = manifest_mod.load(model_dir, verify=False, precision=precision)
-    spec = m.question_encoder
     if load == "tokenizer":
+        from ragrt.runtime import manifest as manifest_mod
         from ragrt.runtime.text import TextTokenizer
 
+        m = manifest_mod.load(model_dir, verify=False, precision=precision)
+        spec = m.question_encoder
         m.verify([spec.tokenizer])
         tok = TextTokenizer(
             m.path(spec.tokenizer),
@@ -79,23 +77,21 @@ def open_engine(
             clean_up=spec.clean_up_tokenization_spaces,
         )
         return _Tokenizer(tok, spec)
-    from ragrt.runtime.encoders import TextEncoder
+    from ragrt.retrieval.retriever import Retriever
 
-    m.verify([spec.tokenizer, spec.onnx[precision]])
-    qenc = TextEncoder.from_manifest(
-        m, "question_encoder", precision, SessionOptions(device=device, intra_op_threads=threads)
-    )
-    index = None
     if load == "retrieve":
-        from ragrt.retrieval.index import PassageIndex
-
         if not index_dirs:
             raise ArtifactError("the retrieve model has no index (ragrt_index_dirs is empty)")
-        index = PassageIndex.open(index_dirs, device="cpu" if device == "cpu" else "auto")
-        index.check_encoder(m)
     elif load != "encoder":
         raise ArtifactError(f"unknown ragrt_load {load!r} in the model config")
-    return RagEngine(m, qenc, None, None, index, precision, device, nprobe)
+    return Retriever.load(
+        model_dir,
+        index_dirs if load == "retrieve" else None,
+        precision,
+        device,
+        nprobe=nprobe,
+        intra_op_threads=threads,
+    )
 
 
 class _Tokenizer:

@@ -38,7 +38,6 @@ class TextEncoder:
         session_options: SessionOptions | None = None,
     ) -> TextEncoder:
         spec = m.encoder(component)
-        m.require_precision(precision)
         if precision not in spec.onnx:
             raise InputError(f"{component} has no {precision} variant in {m.root}")
         rel = spec.onnx[precision]
