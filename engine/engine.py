@@ -25,22 +25,21 @@ from ragrt.results import Doc, GenerationResult, Hypothesis
 from ragrt.retrieval.index import PassageIndex
 from ragrt.retrieval.retriever import Retriever
 from ragrt.runtime import manifest as manifest_mod
+from ragrt.runtime.contexts import build_generator_inputs
 from ragrt.runtime.encoders import TextEncoder
+from ragrt.runtime.generation import rag_sequence, rag_token
+from ragrt.runtime.generation.request import MODES, GenerationRequest
 from ragrt.runtime.generator import Seq2SeqGenerator
 from ragrt.runtime.manifest import ArtifactManifest
 from ragrt.runtime.sessions import SessionOptions
 from ragrt.runtime.text import TextTokenizer
 
-MODES = ("token", "sequence")
-# T5 has relative positions (no hard limit): cap generation at something still sane
-MAX_NEW_TOKENS_NO_POSITIONS = 2048
-
-__all__ = ["RagEngine", "GenerationResult", "Doc", "MODES"]
+__all__ = ["RagEngine", "GenerationResult", "GenerationRequest", "GeneratorInputs", "Doc", "MODES"]
 
 
 @dataclass
-class _Prepared:
-    """One batch of questions after retrieval: what the generator needs."""
+class GeneratorInputs:
+    """One batch of questions after retrieval and context building: what the generator reads."""
 
     questions: list[str]
     docs: list[list[Doc]]
@@ -108,37 +107,28 @@ class RagEngine:
         )
         return cls(m, retriever, gen, gtok, precision, device)
 
-    # -- input checks ----------------------------------------------------------------------
-    def _check_questions(self, questions: Any) -> list[str]:
-        return check_questions(questions)
+    # -- options -------------------------------------------------------------------------
+    def request(self, mode: str | None = None, **overrides: Any) -> GenerationRequest:
+        """Resolve generation options once: the manifest's generation defaults, then
+        ``overrides`` (``n_docs``, ``num_beams``, any :class:`GenerationParams` field), the
+        mode defaulted to the checkpoint's class; validated here and nowhere else."""
+        return GenerationRequest.resolve(
+            self.defaults,
+            max_positions=self.manifest.generator.max_positions,
+            mode=mode,
+            **overrides,
+        )
 
-    def _mode(self, mode: str | None) -> str:
-        """The decoding mode, defaulting to the checkpoint's class (RagToken / RagSequence)."""
-        mode = mode or self.defaults.rag_type
-        if mode not in MODES:
+    def _resolve(self, request: GenerationRequest | None, **kwargs: Any) -> GenerationRequest:
+        if request is None:
+            return self.request(**kwargs)
+        given = sorted(k for k, v in kwargs.items() if v is not None)
+        if given:
             raise InputError(
-                f"unknown mode {mode!r}: choose 'token' (RAG-Token) or 'sequence' (RAG-Sequence)"
+                f"pass generation options either in request= or as keywords, not both "
+                f"(got request and {', '.join(given)})"
             )
-        return mode
-
-    def _check_n_docs(self, n_docs: int) -> int:
-        if isinstance(n_docs, bool) or not isinstance(n_docs, (int, np.integer)) or n_docs <= 0:
-            raise InputError(f"n_docs must be a positive integer, got {n_docs!r}")
-        return self.retriever.check_n_docs(int(n_docs))
-
-    def _params(self, n_docs: int, **overrides: Any):
-        from ragrt.runtime.generation import GenerationParams
-
-        p = GenerationParams.from_defaults(self.defaults, n_docs=n_docs, **overrides)
-        limit = self.manifest.generator.max_positions - 1
-        if limit <= 0:
-            limit = MAX_NEW_TOKENS_NO_POSITIONS
-        if p.max_new_tokens > limit:
-            raise InputError(
-                f"max_new_tokens={p.max_new_tokens} is more than this generator can produce "
-                f"({limit}); ask for fewer"
-            )
-        return p
+        return request
 
     # -- retrieval half --------------------------------------------------------------------
     def embed(self, questions: Sequence[str]) -> np.ndarray:
@@ -149,30 +139,42 @@ class RagEngine:
         """Top-``k`` passages per question (default ``n_docs`` of the model), best first."""
         return self.retriever.retrieve(questions, k)
 
+    def prepare(self, questions: Sequence[str], n_docs: int | None = None) -> GeneratorInputs:
+        """Retrieval and context building without generating: what the generator would read
+        for ``questions`` with ``n_docs`` passages each (default: the model's)."""
+        qs = check_questions(questions)
+        n = self.request(n_docs=n_docs).n_docs
+        return self._prepare(qs, n)
+
     # -- generation ------------------------------------------------------------------------
-    def _prepare(self, questions: list[str], n_docs: int) -> _Prepared:
+    def _prepare(self, questions: list[str], n_docs: int) -> GeneratorInputs:
+        self.retriever.require_index()
+        self.retriever.check_n_docs(n_docs)
         q = self.retriever.encode(questions)
         hits = self.retriever.search(q.embeddings, n_docs)
         return self._contexts(questions, q.texts, hits.docs, hits.scores)
 
-    def _contexts(self, questions, qtexts, docs, scores) -> _Prepared:
-        from ragrt.runtime.contexts import build_contexts
+    def _contexts(
+        self, questions: list[str], qtexts: list[str], docs: list[list[Doc]], scores: np.ndarray
+    ) -> GeneratorInputs:
+        ids, mask = build_generator_inputs(qtexts, docs, self.generator_tokenizer, self.defaults)
+        return GeneratorInputs(questions, docs, scores, ids, mask)
 
-        d = self.defaults
-        strings = build_contexts(qtexts, docs, d)
-        ids, mask = self.generator_tokenizer.encode_batch(strings, max_length=d.max_combined_length)
-        return _Prepared(questions, docs, scores, ids, mask)
-
-    def _decode(self, prep: _Prepared, mode: str, params, on_token=None) -> list[GenerationResult]:
-        from ragrt.runtime.generation import rag_sequence, rag_token
-
-        fn = rag_token.generate if mode == "token" else rag_sequence.generate
-        kwargs = {"on_token": on_token} if (mode == "token" and on_token is not None) else {}
+    def _decode(
+        self, inputs: GeneratorInputs, req: GenerationRequest, on_token: Any = None
+    ) -> list[GenerationResult]:
+        fn = rag_token.generate if req.mode == "token" else rag_sequence.generate
+        kwargs = {"on_token": on_token} if (req.mode == "token" and on_token is not None) else {}
         hyps = fn(
-            self.generator, prep.context_ids, prep.context_mask, prep.doc_scores, params, **kwargs
+            self.generator,
+            inputs.context_ids,
+            inputs.context_mask,
+            inputs.doc_scores,
+            req.params,
+            **kwargs,
         )
         out = []
-        for q, docs, hs in zip(prep.questions, prep.docs, hyps):
+        for q, docs, hs in zip(inputs.questions, inputs.docs, hyps):
             seqs = [
                 Hypothesis(
                     self.generator_tokenizer.decode(h.token_ids),
@@ -194,6 +196,8 @@ class RagEngine:
         max_new_tokens: int | None = None,
         min_new_tokens: int | None = None,
         num_return_sequences: int | None = None,
+        *,
+        request: GenerationRequest | None = None,
         **generation_overrides: Any,
     ) -> list[GenerationResult]:
         """Answer ``questions`` as one batch; one :class:`GenerationResult` per question.
@@ -202,51 +206,50 @@ class RagEngine:
         checkpoint's class. Unset parameters come from the manifest's generation config.
         Other keyword arguments (``no_repeat_ngram_size``, ``length_penalty``,
         ``early_stopping``, ...) are :class:`~ragrt.runtime.generation.GenerationParams` fields.
+        Or pass ``request=engine.request(...)``, resolved once and reused.
         Memory grows with ``len(questions) * num_beams * n_docs`` decoder rows.
         """
-        return self._generate(
-            questions,
-            mode,
-            n_docs,
-            None,
+        qs = check_questions(questions)
+        req = self._resolve(
+            request,
+            mode=mode,
+            n_docs=n_docs,
             num_beams=num_beams,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             num_return_sequences=num_return_sequences,
             **generation_overrides,
         )
-
-    def _generate(
-        self, questions, mode, n_docs, on_token, **overrides: Any
-    ) -> list[GenerationResult]:
-        qs = self._check_questions(questions)
-        mode = self._mode(mode)
-        n = self._check_n_docs(self.defaults.n_docs if n_docs is None else n_docs)
-        params = self._params(n, **overrides)
-        self.retriever.require_index()
-        return self._decode(self._prepare(qs, n), mode, params, on_token)
+        return self._decode(self._prepare(qs, req.n_docs), req)
 
     def generate_from_docs(
         self,
         questions: Sequence[str],
         docs: Sequence[Sequence[Doc]],
         mode: str | None = None,
+        *,
+        request: GenerationRequest | None = None,
         **kwargs: Any,
     ) -> list[GenerationResult]:
         """Generate from given docs (with their ``score`` as doc scores), skipping retrieval."""
-        qs = self._check_questions(questions)
-        mode = self._mode(mode)
+        qs = check_questions(questions)
         if len(docs) != len(qs) or len({len(d) for d in docs}) != 1 or not docs[0]:
             raise InputError("docs must hold the same non-zero number of Doc per question")
         n = len(docs[0])
-        params = self._params(n, **kwargs)
+        if kwargs.get("n_docs") not in (None, n):
+            raise InputError(f"n_docs={kwargs['n_docs']} but the docs hold {n} per question")
+        kwargs.pop("n_docs", None)
+        req = self._resolve(request, mode=mode, **kwargs).with_n_docs(n)
         qtexts = self.retriever.encode(qs).texts
         scores = np.array([[d.score for d in row] for row in docs], dtype=np.float32)
-        prep = self._contexts(qs, qtexts, [list(r) for r in docs], scores)
-        return self._decode(prep, mode, params)
+        return self._decode(self._contexts(qs, qtexts, [list(r) for r in docs], scores), req)
 
     def generate_each(
-        self, questions: Sequence[Any], **kwargs: Any
+        self,
+        questions: Sequence[Any],
+        *,
+        request: GenerationRequest | None = None,
+        **kwargs: Any,
     ) -> list[GenerationResult | RagrtError]:
         """Like :meth:`generate`, but a bad question yields its error in place of its result
         instead of failing the whole batch; the good ones still run as one batch."""
@@ -255,20 +258,24 @@ class RagEngine:
         good = []
         for i, q in enumerate(qs):
             try:
-                self._check_questions([q])
+                check_questions([q])
                 good.append(i)
             except RagrtError as e:
                 out[i] = InputError(f"question {i}: {e}")
         if good:
-            try:
-                res = self.generate([qs[i] for i in good], **kwargs)
-            except RagrtError as e:  # a parameter error concerns every question
+            res: list[GenerationResult] | list[RagrtError]
+            try:  # a parameter error concerns every question
+                req = self._resolve(request, **kwargs)
+                res = self.generate([qs[i] for i in good], request=req)
+            except RagrtError as e:
                 res = [e] * len(good)
             for i, r in zip(good, res):
                 out[i] = r
-        return out  # type: ignore[return-value]
+        return [r for r in out if r is not None]
 
-    def stream(self, question: str, **kwargs: Any) -> Iterator[str]:
+    def stream(
+        self, question: str, *, request: GenerationRequest | None = None, **kwargs: Any
+    ) -> Iterator[str]:
         """Yield the answer's text in pieces as tokens are decided.
 
         Greedy RAG-Token streams token by token (a piece is held back while it ends in an
@@ -277,10 +284,9 @@ class RagEngine:
         """
         if not isinstance(question, str):
             raise InputError("stream() takes one question string")
-        mode = self._mode(kwargs.pop("mode", None))
-        num_beams = kwargs.get("num_beams") or self.defaults.num_beams
-        if mode != "token" or num_beams != 1:
-            yield self.generate([question], mode=mode, **kwargs)[0].text
+        req = self._resolve(request, **kwargs)
+        if req.mode != "token" or req.num_beams != 1:
+            yield self.generate([question], request=req)[0].text
             return
         q: queue.Queue = queue.Queue()
         done = object()
@@ -292,9 +298,8 @@ class RagEngine:
 
         def work() -> None:
             try:
-                kw = dict(kwargs)
-                n_docs = kw.pop("n_docs", None)
-                res = self._generate([question], "token", n_docs, on_token, **kw)
+                qs = check_questions([question])
+                res = self._decode(self._prepare(qs, req.n_docs), req, on_token)
                 q.put(("result", res[0]))
             except BaseException as e:  # re-raised in the consumer
                 q.put(("error", e))

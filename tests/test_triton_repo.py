@@ -4,6 +4,7 @@ the server launcher's setup. No server here: tests/test_serving.py runs the real
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -445,15 +446,41 @@ def fake_pb(monkeypatch):
     return m
 
 
+@dataclasses.dataclass(frozen=True)
+class _FakeRequest:
+    """Stands in for GenerationRequest: the keywords it was resolved from (defaults 1 beam,
+    2 docs)."""
+
+    items: tuple
+
+    @property
+    def kw(self):
+        return dict(self.items)
+
+    @property
+    def n_docs(self):
+        return self.kw.get("n_docs", 2)
+
+    @property
+    def num_beams(self):
+        return self.kw.get("num_beams", 1)
+
+    @property
+    def decoder_rows(self):
+        return self.n_docs * self.num_beams
+
+
 class _FakeEngine:
     """Answers with the question's length; fails on a question containing 'boom'."""
-
-    defaults = types.SimpleNamespace(num_beams=1, n_docs=2)
 
     def __init__(self):
         self.calls = []
 
-    def generate(self, qs, **kw):
+    def request(self, **kw):
+        return _FakeRequest(tuple(sorted(kw.items())))
+
+    def generate(self, qs, request):
+        kw = request.kw
         self.calls.append((list(qs), kw))
         if any("boom" in q for q in qs):
             raise RuntimeError("boom")

@@ -274,13 +274,14 @@ def _split_rows(
 class RagModel(_Model):
     """``rag``: QUESTION (+ optional generation parameters) -> answer, token ids, score, docs."""
 
-    def _rows_limit(self, rows: int, kw: dict[str, Any]) -> int:
-        d = self.engine.defaults
-        per_q = int(kw.get("num_beams") or d.num_beams) * int(kw.get("n_docs") or d.n_docs)
+    def _rows_limit(self, rows: int, req: Any) -> int:
+        """How many questions of ``req`` fit the server's decoder-row limit in one call
+        (``rows`` questions of one request must fit together)."""
+        per_q = req.decoder_rows
         if rows * per_q > self.limits.max_decoder_rows:
             raise InputError(
-                f"request too large: {rows} question(s) x {kw.get('num_beams') or d.num_beams} "
-                f"beam(s) x {kw.get('n_docs') or d.n_docs} docs = {rows * per_q} decoder rows, "
+                f"request too large: {rows} question(s) x {req.num_beams} "
+                f"beam(s) x {req.n_docs} docs = {rows * per_q} decoder rows, "
                 f"this server allows {self.limits.max_decoder_rows}; send fewer questions, beams "
                 "or docs"
             )
@@ -294,18 +295,20 @@ class RagModel(_Model):
                 qs, kw = protocol.parse_gen_request(
                     self._getter(r), self.limits, batched=self.batched
                 )
-                self._rows_limit(len(qs), kw)
-                items.append((i, qs, tuple(sorted(kw.items()))))
+                req = self.engine.request(**kw)  # resolved and validated once per request
+                self._rows_limit(len(qs), req)
+                items.append((i, qs, req))
             except Exception as e:
                 responses[i] = self._error(e)
-        by_key: dict[Any, int] = {}
-        for _, _, key in items:
-            by_key[key] = self._rows_limit(1, dict(key))
         results: dict[int, Any] = {}
-        for key, max_rows in by_key.items():
-            sub = [it for it in items if it[2] == key]
+        for req in dict.fromkeys(key for _, _, key in items):  # equal requests batch together
+            sub = [it for it in items if it[2] == req]
             results.update(
-                self._grouped(sub, lambda qs, k: self.engine.generate(qs, **dict(k)), max_rows)
+                self._grouped(
+                    sub,
+                    lambda qs, k: self.engine.generate(qs, request=k),
+                    self._rows_limit(1, req),
+                )
             )
         for i, res in results.items():
             responses[i] = (
@@ -395,14 +398,13 @@ class RagStreamModel(_Model):
             try:
                 sender = r.get_response_sender()
                 q, kw = protocol.parse_gen_request(self._getter(r), self.limits, batched=False)
-                d = self.engine.defaults
-                rows = int(kw.get("num_beams") or d.num_beams) * int(kw.get("n_docs") or d.n_docs)
-                if rows > self.limits.max_decoder_rows:
+                req = self.engine.request(**kw)
+                if req.decoder_rows > self.limits.max_decoder_rows:
                     raise InputError(
-                        f"request too large: {rows} decoder rows (beams x docs), this server "
-                        f"allows {self.limits.max_decoder_rows}"
+                        f"request too large: {req.decoder_rows} decoder rows (beams x docs), "
+                        f"this server allows {self.limits.max_decoder_rows}"
                     )
-                self.pool.submit(self._stream, sender, q[0], kw)
+                self.pool.submit(self._stream, sender, q[0], req)
             except Exception as e:
                 if sender is not None:
                     self._send(sender, self._error(e), final=True)
@@ -418,10 +420,10 @@ class RagStreamModel(_Model):
         except Exception as e:  # the client went away: nothing left to answer
             log.info("%s: could not send a response (%s)", self.name, e)
 
-    def _stream(self, sender: Any, question: str, kw: dict[str, Any]) -> None:
+    def _stream(self, sender: Any, question: str, req: Any) -> None:
         held: str | None = None
         try:
-            for piece in self.engine.stream(question, **kw):
+            for piece in self.engine.stream(question, request=req):
                 cancelled = getattr(sender, "is_cancelled", None)
                 if cancelled is not None and cancelled():
                     self._send(

@@ -11,7 +11,7 @@ from pathlib import Path
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mode",
-        choices=["token", "sequence"],
+        metavar="token|sequence",
         help="RAG-Token or RAG-Sequence (default: the checkpoint's)",
     )
     p.add_argument("--n-docs", type=int, help="passages retrieved per question (default: manifest)")
