@@ -11,7 +11,6 @@ reaches back up the chain.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ragrt.errors import InputError, RagrtError
+from ragrt.errors import Cancelled, InputError, RagrtError
 from ragrt.inputs import check_questions
 from ragrt.results import Doc, GenerationResult, Hypothesis
 from ragrt.retrieval.index import PassageIndex
@@ -29,10 +28,12 @@ from ragrt.runtime.contexts import build_generator_inputs
 from ragrt.runtime.encoders import TextEncoder
 from ragrt.runtime.generation import rag_sequence, rag_token
 from ragrt.runtime.generation.request import MODES, GenerationRequest
+from ragrt.runtime.generation.streaming import Cancellation, Streamer, TextIteratorStreamer
 from ragrt.runtime.generator import Seq2SeqGenerator
 from ragrt.runtime.manifest import ArtifactManifest
 from ragrt.runtime.sessions import SessionOptions
 from ragrt.runtime.text import TextTokenizer
+from ragrt.tracing import Tracer, stage
 
 __all__ = ["RagEngine", "GenerationResult", "GenerationRequest", "GeneratorInputs", "Doc", "MODES"]
 
@@ -131,60 +132,82 @@ class RagEngine:
         return request
 
     # -- retrieval half --------------------------------------------------------------------
-    def embed(self, questions: Sequence[str]) -> np.ndarray:
+    def embed(self, questions: Sequence[str], *, tracer: Tracer | None = None) -> np.ndarray:
         """Question embeddings ``[B, dim]`` float32."""
-        return self.retriever.embed(questions)
+        return self.retriever.embed(questions, tracer=tracer)
 
-    def retrieve(self, questions: Sequence[str], k: int | None = None) -> list[list[Doc]]:
+    def retrieve(
+        self, questions: Sequence[str], k: int | None = None, *, tracer: Tracer | None = None
+    ) -> list[list[Doc]]:
         """Top-``k`` passages per question (default ``n_docs`` of the model), best first."""
-        return self.retriever.retrieve(questions, k)
+        return self.retriever.retrieve(questions, k, tracer=tracer)
 
-    def prepare(self, questions: Sequence[str], n_docs: int | None = None) -> GeneratorInputs:
+    def prepare(
+        self, questions: Sequence[str], n_docs: int | None = None, *, tracer: Tracer | None = None
+    ) -> GeneratorInputs:
         """Retrieval and context building without generating: what the generator would read
         for ``questions`` with ``n_docs`` passages each (default: the model's)."""
         qs = check_questions(questions)
-        n = self.request(n_docs=n_docs).n_docs
-        return self._prepare(qs, n)
+        return self._retrieve_contexts(qs, self.request(n_docs=n_docs).n_docs, tracer)
 
-    # -- generation ------------------------------------------------------------------------
-    def _prepare(self, questions: list[str], n_docs: int) -> GeneratorInputs:
+    def _retrieve_contexts(
+        self, questions: list[str], n_docs: int, tracer: Tracer | None
+    ) -> GeneratorInputs:
         self.retriever.require_index()
         self.retriever.check_n_docs(n_docs)
-        q = self.retriever.encode(questions)
-        hits = self.retriever.search(q.embeddings, n_docs)
-        return self._contexts(questions, q.texts, hits.docs, hits.scores)
+        q = self.retriever.encode(questions, tracer=tracer)
+        hits = self.retriever.search(q.embeddings, n_docs, tracer=tracer)
+        return self._contexts(questions, q.texts, hits.docs, hits.scores, tracer)
 
     def _contexts(
-        self, questions: list[str], qtexts: list[str], docs: list[list[Doc]], scores: np.ndarray
+        self,
+        questions: list[str],
+        qtexts: list[str],
+        docs: list[list[Doc]],
+        scores: np.ndarray,
+        tracer: Tracer | None,
     ) -> GeneratorInputs:
-        ids, mask = build_generator_inputs(qtexts, docs, self.generator_tokenizer, self.defaults)
+        with stage(tracer, "contexts") as info:
+            ids, mask = build_generator_inputs(
+                qtexts, docs, self.generator_tokenizer, self.defaults
+            )
+            info["context_shape"] = ids.shape
+            info["context_tokens"] = int(mask.sum())
         return GeneratorInputs(questions, docs, scores, ids, mask)
 
+    # -- generation ------------------------------------------------------------------------
     def _decode(
-        self, inputs: GeneratorInputs, req: GenerationRequest, on_token: Any = None
+        self,
+        inputs: GeneratorInputs,
+        req: GenerationRequest,
+        tracer: Tracer | None,
+        stopping: Cancellation | None,
+        streamer: Streamer | None = None,
     ) -> list[GenerationResult]:
-        fn = rag_token.generate if req.mode == "token" else rag_sequence.generate
-        kwargs = {"on_token": on_token} if (req.mode == "token" and on_token is not None) else {}
-        hyps = fn(
+        args = (
             self.generator,
             inputs.context_ids,
             inputs.context_mask,
             inputs.doc_scores,
             req.params,
-            **kwargs,
         )
+        if req.mode == "token":
+            hyps = rag_token.generate(*args, streamer=streamer, stopping=stopping, tracer=tracer)
+        else:
+            hyps = rag_sequence.generate(*args, stopping=stopping, tracer=tracer)
         out = []
-        for q, docs, hs in zip(inputs.questions, inputs.docs, hyps):
-            seqs = [
-                Hypothesis(
-                    self.generator_tokenizer.decode(h.token_ids),
-                    list(map(int, h.token_ids)),
-                    float(h.score),
-                )
-                for h in hs
-            ]
-            best = seqs[0]
-            out.append(GenerationResult(q, best.text, best.token_ids, best.score, docs, seqs))
+        with stage(tracer, "detokenize"):
+            for q, docs, hs in zip(inputs.questions, inputs.docs, hyps):
+                seqs = [
+                    Hypothesis(
+                        self.generator_tokenizer.decode(h.token_ids),
+                        list(map(int, h.token_ids)),
+                        float(h.score),
+                    )
+                    for h in hs
+                ]
+                best = seqs[0]
+                out.append(GenerationResult(q, best.text, best.token_ids, best.score, docs, seqs))
         return out
 
     def generate(
@@ -198,6 +221,8 @@ class RagEngine:
         num_return_sequences: int | None = None,
         *,
         request: GenerationRequest | None = None,
+        tracer: Tracer | None = None,
+        stopping: Cancellation | None = None,
         **generation_overrides: Any,
     ) -> list[GenerationResult]:
         """Answer ``questions`` as one batch; one :class:`GenerationResult` per question.
@@ -207,6 +232,8 @@ class RagEngine:
         Other keyword arguments (``no_repeat_ngram_size``, ``length_penalty``,
         ``early_stopping``, ...) are :class:`~ragrt.runtime.generation.GenerationParams` fields.
         Or pass ``request=engine.request(...)``, resolved once and reused.
+        ``tracer`` (e.g. a :class:`~ragrt.tracing.StageTimer`) sees every stage; cancelling
+        ``stopping`` stops the decode before its next step (:class:`~ragrt.errors.Cancelled`).
         Memory grows with ``len(questions) * num_beams * n_docs`` decoder rows.
         """
         qs = check_questions(questions)
@@ -220,7 +247,8 @@ class RagEngine:
             num_return_sequences=num_return_sequences,
             **generation_overrides,
         )
-        return self._decode(self._prepare(qs, req.n_docs), req)
+        inputs = self._retrieve_contexts(qs, req.n_docs, tracer)
+        return self._decode(inputs, req, tracer, stopping)
 
     def generate_from_docs(
         self,
@@ -229,6 +257,8 @@ class RagEngine:
         mode: str | None = None,
         *,
         request: GenerationRequest | None = None,
+        tracer: Tracer | None = None,
+        stopping: Cancellation | None = None,
         **kwargs: Any,
     ) -> list[GenerationResult]:
         """Generate from given docs (with their ``score`` as doc scores), skipping retrieval."""
@@ -240,15 +270,18 @@ class RagEngine:
             raise InputError(f"n_docs={kwargs['n_docs']} but the docs hold {n} per question")
         kwargs.pop("n_docs", None)
         req = self._resolve(request, mode=mode, **kwargs).with_n_docs(n)
-        qtexts = self.retriever.encode(qs).texts
+        qtexts = self.retriever.encode(qs, tracer=tracer).texts
         scores = np.array([[d.score for d in row] for row in docs], dtype=np.float32)
-        return self._decode(self._contexts(qs, qtexts, [list(r) for r in docs], scores), req)
+        inputs = self._contexts(qs, qtexts, [list(r) for r in docs], scores, tracer)
+        return self._decode(inputs, req, tracer, stopping)
 
     def generate_each(
         self,
         questions: Sequence[Any],
         *,
         request: GenerationRequest | None = None,
+        tracer: Tracer | None = None,
+        stopping: Cancellation | None = None,
         **kwargs: Any,
     ) -> list[GenerationResult | RagrtError]:
         """Like :meth:`generate`, but a bad question yields its error in place of its result
@@ -263,10 +296,12 @@ class RagEngine:
             except RagrtError as e:
                 out[i] = InputError(f"question {i}: {e}")
         if good:
-            res: list[GenerationResult] | list[RagrtError]
+            res: Sequence[GenerationResult | RagrtError]
             try:  # a parameter error concerns every question
                 req = self._resolve(request, **kwargs)
-                res = self.generate([qs[i] for i in good], request=req)
+                res = self.generate(
+                    [qs[i] for i in good], request=req, tracer=tracer, stopping=stopping
+                )
             except RagrtError as e:
                 res = [e] * len(good)
             for i, r in zip(good, res):
@@ -274,58 +309,48 @@ class RagEngine:
         return [r for r in out if r is not None]
 
     def stream(
-        self, question: str, *, request: GenerationRequest | None = None, **kwargs: Any
+        self,
+        question: str,
+        *,
+        request: GenerationRequest | None = None,
+        tracer: Tracer | None = None,
+        stopping: Cancellation | None = None,
+        **kwargs: Any,
     ) -> Iterator[str]:
         """Yield the answer's text in pieces as tokens are decided.
 
-        Greedy RAG-Token streams token by token (a piece is held back while it ends in an
-        incomplete UTF-8 character). Beam search and RAG-Sequence only know their best
-        hypothesis at the end: they yield the whole answer as one piece.
+        Greedy RAG-Token streams token by token: greedy search feeds a
+        :class:`~ragrt.runtime.generation.streaming.TextIteratorStreamer` on a worker thread (a
+        piece is held back while it ends in an incomplete UTF-8 character). Closing the
+        generator early (``break``, ``close()``) cancels the decode before its next step. Beam
+        search and RAG-Sequence only know their best hypothesis at the end: they yield the whole
+        answer as one piece (``stopping`` still stops them within a step).
         """
         if not isinstance(question, str):
             raise InputError("stream() takes one question string")
+        qs = check_questions([question])
         req = self._resolve(request, **kwargs)
         if req.mode != "token" or req.num_beams != 1:
-            yield self.generate([question], request=req)[0].text
+            yield self.generate(qs, request=req, tracer=tracer, stopping=stopping)[0].text
             return
-        q: queue.Queue = queue.Queue()
-        done = object()
-        tokens: list[int] = []
-
-        def on_token(step: int, toks: Sequence[int | None]) -> None:
-            if toks[0] is not None:
-                q.put(int(toks[0]))
+        cancel = Cancellation(poll=stopping.cancelled if stopping is not None else None)
+        streamer = TextIteratorStreamer(self.generator_tokenizer, cancel)
 
         def work() -> None:
             try:
-                qs = check_questions([question])
-                res = self._decode(self._prepare(qs, req.n_docs), req, on_token)
-                q.put(("result", res[0]))
+                inputs = self._retrieve_contexts(qs, req.n_docs, tracer)
+                self._decode(inputs, req, tracer, cancel, streamer)
             except BaseException as e:  # re-raised in the consumer
-                q.put(("error", e))
-            finally:
-                q.put(done)
+                try:
+                    streamer.fail(e)
+                except Cancelled:  # the consumer is gone: nobody to tell
+                    pass
 
-        t = threading.Thread(target=work, daemon=True)
-        t.start()
-        sent = ""
-        while True:
-            item = q.get()
-            if item is done:
-                break
-            if isinstance(item, tuple):
-                kind, val = item
-                if kind == "error":
-                    raise val
-                final = val.text
-                if final.startswith(sent) and len(final) > len(sent):
-                    yield final[len(sent) :]
-                continue
-            tokens.append(item)
-            text = self.generator_tokenizer.decode(tokens)
-            if text.endswith("\ufffd"):
-                continue
-            if text.startswith(sent) and len(text) > len(sent):
-                yield text[len(sent) :]
-                sent = text
-        t.join()
+        worker = threading.Thread(target=work, name="ragrt-stream", daemon=True)
+        worker.start()
+        try:
+            yield from streamer
+        finally:  # normal end, error, or the consumer closed us: stop and reap the decode
+            cancel.cancel()
+            streamer.drain()
+            worker.join()

@@ -1,6 +1,6 @@
 """Import boundaries: the package tree is the architecture, and its arrows point one way.
 
-    ragrt.errors / results / inputs  <-  ragrt.runtime  <-  ragrt.retrieval  <-  ragrt.engine
+    ragrt.errors / results / inputs / tracing  <-  ragrt.runtime  <-  ragrt.retrieval  <-  ragrt.engine
         <-  ragrt.serving  <-  ragrt.cli (which alone may reach export/triton_models/benchmarks)
 
 Checked statically over every ``import`` in the source, lazy ones inside functions included,
@@ -38,6 +38,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "ragrt.engine": ("ragrt.serving", *OUTSIDE_RUNTIME, *HEAVY),
     "ragrt.serving": ("ragrt.engine", *OUTSIDE_RUNTIME, *HEAVY),
     "ragrt.errors": ("ragrt.",),
+    "ragrt.tracing": ("ragrt.",),  # stage hooks: every layer calls them, they import no layer
     "ragrt.results": ("ragrt.runtime", "ragrt.retrieval", "ragrt.engine", "ragrt.serving"),
     "ragrt.inputs": ("ragrt.runtime", "ragrt.retrieval", "ragrt.engine", "ragrt.serving"),
     "ragrt.triton_models": ("ragrt.cli", "ragrt.benchmarks", "ragrt.export"),

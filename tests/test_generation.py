@@ -16,7 +16,13 @@ from ragrt.runtime.generation.processors import (
     build_processors,
 )
 from ragrt.runtime.generation.search import beam_search, greedy, log_softmax, topk
+from ragrt.runtime.generation.streaming import FINISHED
 from ragrt.runtime.manifest import GenerationDefaults
+
+try:  # tests/ is on sys.path under pytest's default (prepend) import mode
+    from gen_fixtures import RecordingStreamer
+except ImportError:  # pragma: no cover - tests/ imported as a package
+    from tests.gen_fixtures import RecordingStreamer
 
 BASE = dict(decoder_start_token_id=2, eos_token_id=2, pad_token_id=1)
 
@@ -163,12 +169,12 @@ def test_greedy_drops_finished_rows_and_streams():
             return super().step(tokens)
 
     m = TwoStarts(table, 2)
-    seen = []
-    hyps = greedy(m, 2, p, on_token=lambda s, t: seen.append(list(t)))
+    rec = RecordingStreamer()
+    hyps = greedy(m, 2, p, streamer=rec)
     assert hyps[0].token_ids == [4, 2]  # 3 -> 4 -> EOS
     assert hyps[1].token_ids == [6, 7, 0, 1, 2]  # 5 -> 6 -> 7 -> 0 -> 1 -> 2(eos)
     assert m.calls == [2, 2, 1, 1, 1]  # row 0 dropped after its EOS
-    assert seen[0] == [4, 6] and seen[2] == [None, 0]
+    assert rec.steps[0] == [4, 6] and rec.steps[2] == [FINISHED, 0] and rec.ended
     # score = sum of log-probs of the chosen tokens
     lp = log_softmax(table.astype(np.float32))
     assert hyps[0].score == pytest.approx(lp[3, 4] + lp[4, 2], rel=1e-6)

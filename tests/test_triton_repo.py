@@ -556,6 +556,49 @@ def test_rag_model_runs_pieces_in_parallel(fake_pb):
     assert sorted(len(c[0]) for c in m.engine.calls) == [2, 3]
 
 
+class _Sender:
+    """A decoupled response sender whose client goes away after ``polls`` cancellation polls."""
+
+    def __init__(self, polls):
+        self.responses, self.polls, self.limit = [], 0, polls
+
+    def send(self, response, flags=0):
+        self.responses.append((response, flags))
+
+    def is_cancelled(self):
+        self.polls += 1
+        return self.polls > self.limit
+
+
+class _StreamRequest(_Request):
+    def __init__(self, arrays, sender):
+        super().__init__(arrays)
+        self.sender = sender
+
+    def get_response_sender(self):
+        return self.sender
+
+
+def test_rag_stream_stops_the_decode_of_a_cancelled_request(fake_pb, rag_engine):
+    """A beam stream has one piece: cancellation must be noticed inside the decode loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ragrt.triton_models.backend import RagStreamModel
+
+    m = RagStreamModel()
+    m.name, m.engine, m.limits = "rag_stream", rag_engine, protocol.Limits()
+    m.pool = ThreadPoolExecutor(1)
+    sender = _Sender(polls=3)
+    gen = {"num_beams": 2, "n_docs": 2, "max_new_tokens": 30, "min_new_tokens": 30}
+    arrays = protocol.request_arrays(["what is a heap queue"], gen, batched=False)
+    m.execute([_StreamRequest(arrays, sender)])
+    m.finalize()
+    ((resp, flags),) = sender.responses
+    assert flags == fake_pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    assert resp.error.msg.startswith("[cancelled]")
+    assert sender.polls == 4  # once per beam step: stopped at the first step after the cancel
+
+
 # -- client URL parsing and the launcher -----------------------------------------------------
 @pytest.mark.parametrize(
     "url,protocol,expect",

@@ -421,15 +421,14 @@ class RagStreamModel(_Model):
             log.info("%s: could not send a response (%s)", self.name, e)
 
     def _stream(self, sender: Any, question: str, req: Any) -> None:
+        from ragrt.runtime.generation.streaming import Cancellation
+
+        # the decode polls the sender every step: a client that went away stops it within one
+        poll = getattr(sender, "is_cancelled", None)
+        stopping = Cancellation(poll=poll) if poll is not None else None
         held: str | None = None
         try:
-            for piece in self.engine.stream(question, request=req):
-                cancelled = getattr(sender, "is_cancelled", None)
-                if cancelled is not None and cancelled():
-                    self._send(
-                        sender, self._error(InputError("cancelled by the client")), final=True
-                    )
-                    return
+            for piece in self.engine.stream(question, request=req, stopping=stopping):
                 if held is not None:
                     self._send(sender, self._ok(protocol.stream_arrays(held, False)), final=False)
                 held = piece

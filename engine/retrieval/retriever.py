@@ -25,6 +25,7 @@ from ragrt.runtime.contexts import question_strings
 from ragrt.runtime.encoders import TextEncoder
 from ragrt.runtime.manifest import ArtifactManifest
 from ragrt.runtime.sessions import SessionOptions
+from ragrt.tracing import Tracer, stage
 
 log = logging.getLogger(__name__)
 
@@ -131,35 +132,39 @@ class Retriever:
         return n_docs
 
     # -- encoding ------------------------------------------------------------------------
-    def encode(self, questions: list[str]) -> EncodedQuestions:
+    def encode(self, questions: list[str], *, tracer: Tracer | None = None) -> EncodedQuestions:
         """Embeddings and generator-side question strings of already checked ``questions``.
 
         Tokenized once: a question longer than the encoder's limit is truncated (and logged),
-        as the reference truncates it.
+        as the reference truncates it. Stages: ``question_tokenize``, ``question_encode``.
         """
-        batch = self.encoder.tokenizer.tokenize(questions, self.encoder.spec.max_length)
+        with stage(tracer, "question_tokenize") as info:
+            batch = self.encoder.tokenizer.tokenize(questions, self.encoder.spec.max_length)
+            texts = question_strings(self.encoder.tokenizer, batch.ids, batch.mask)
+            info["shape"] = batch.ids.shape
         for i in batch.truncated:
             log.warning(
                 "question %d is longer than the question encoder's limit of %d tokens: truncated",
                 i,
                 self.encoder.spec.max_length,
             )
-        emb = self.encoder.run(batch.ids, batch.mask)
-        return EncodedQuestions(
-            emb, question_strings(self.encoder.tokenizer, batch.ids, batch.mask)
-        )
+        with stage(tracer, "question_encode"):
+            emb = self.encoder.run(batch.ids, batch.mask)
+        return EncodedQuestions(emb, texts)
 
-    def embed(self, questions: Sequence[str]) -> np.ndarray:
+    def embed(self, questions: Sequence[str], *, tracer: Tracer | None = None) -> np.ndarray:
         """Question embeddings ``[B, dim]`` float32."""
-        return self.encode(check_questions(questions)).embeddings
+        return self.encode(check_questions(questions), tracer=tracer).embeddings
 
     # -- search --------------------------------------------------------------------------
-    def search(self, embeddings: np.ndarray, k: int) -> Hits:
+    def search(self, embeddings: np.ndarray, k: int, *, tracer: Tracer | None = None) -> Hits:
         """The top-``k`` passages of each embedding (``k`` is checked by the index); fails if
-        the index returns fewer."""
+        the index returns fewer. Stage: ``search``."""
         index = self.require_index()
-        res = index.search(embeddings, k, nprobe=self.nprobe)
-        docs = index.docs(res)
+        with stage(tracer, "search") as info:
+            res = index.search(embeddings, k, nprobe=self.nprobe)
+            docs = index.docs(res)
+            info["k"] = k
         if any(len(d) < k for d in docs):
             raise InputError(
                 f"the index returned fewer than n_docs={k} passages for a question "
@@ -167,8 +172,11 @@ class Retriever:
             )
         return Hits(docs, np.asarray(res.scores, dtype=np.float32))
 
-    def retrieve(self, questions: Sequence[str], k: int | None = None) -> list[list[Doc]]:
+    def retrieve(
+        self, questions: Sequence[str], k: int | None = None, *, tracer: Tracer | None = None
+    ) -> list[list[Doc]]:
         """Top-``k`` passages per question (default: the model's ``n_docs``), best first."""
         qs = check_questions(questions)
         self.require_index()
-        return self.search(self.encode(qs).embeddings, self.default_k if k is None else k).docs
+        emb = self.encode(qs, tracer=tracer).embeddings
+        return self.search(emb, self.default_k if k is None else k, tracer=tracer).docs

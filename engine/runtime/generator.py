@@ -52,6 +52,26 @@ class DecoderStep(Protocol):
         ...
 
 
+class Generator(Protocol):
+    """What the RAG decoders need from a seq2seq generator (:class:`Seq2SeqGenerator`)."""
+
+    def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Encoder states ``[N, L, d_model]`` of contexts ``ids``/``mask`` ``[N, L]``."""
+        ...
+
+    def decoder_step(
+        self, states: np.ndarray, mask: np.ndarray, src: np.ndarray | None = None
+    ) -> DecoderStep:
+        """A fresh cached decoder whose row ``r`` attends to encoder row ``src[r]``."""
+        ...
+
+    def teacher_forced_logits(
+        self, states: np.ndarray, mask: np.ndarray, src: np.ndarray, input_ids: np.ndarray
+    ) -> np.ndarray:
+        """Logits ``[N, T, V]`` of one uncached decoder pass over ``input_ids`` ``[N, T]``."""
+        ...
+
+
 class Seq2SeqGenerator:
     """BART/T5 generator over three ONNX Runtime sessions (see module docstring)."""
 

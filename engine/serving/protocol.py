@@ -62,6 +62,7 @@ _CODES = (
     "unsupported_model",
     "device_unavailable",
     "server_error",
+    "cancelled",
     "ragrt_error",
 )
 _CODE_RE = re.compile(r"\[(" + "|".join(_CODES) + r")\]\s*")
