@@ -268,3 +268,18 @@ def test_text_streamer_reraises_the_decode_error():
     assert next(it) == "x"
     with pytest.raises(InputError, match="bad"):
         next(it)
+
+
+def test_cli_ask_timings(rag_bart_art, rag_bart_index, capsys):
+    from ragrt.cli import main
+
+    base = ["ask", "--model", str(rag_bart_art), "--index", str(rag_bart_index), "--n-docs", "2"]
+    assert main([*base, "--max-new-tokens", "4", "--min-new-tokens", "4", "--timings", Q]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"Q: {Q}")
+    line = next(x for x in err.splitlines() if x.startswith("timings: "))
+    for stage in ("question_encode", "search", "contexts", "generator_encode", "decode"):
+        assert f"{stage} " in line and " ms" in line
+    assert "4 decode steps" in line
+    assert main(["ask", "--url", "localhost:1", "--timings", Q]) == 2
+    assert "--timings needs the local engine" in capsys.readouterr().err
