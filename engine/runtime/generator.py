@@ -327,11 +327,6 @@ class RowGather:
         self.count = count
         self.out_names = [f"y{i}" for i in range(count)]
 
-    def run_numpy(self, arrays: list[np.ndarray], idx: np.ndarray) -> list[np.ndarray]:
-        feeds = {f"x{i}": a for i, a in enumerate(arrays)}
-        feeds["idx"] = np.asarray(idx, dtype=np.int64)
-        return self.sess.run(self.out_names, feeds)
-
     def run_device(
         self, values: list[Any], idx: np.ndarray, device: str, device_id: int
     ) -> list[Any]:

@@ -107,11 +107,3 @@ class TextTokenizer:
         with self._lock:
             text = self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
         return clean_up_tokenization(text) if self.clean_up else text
-
-    def decode_batch(
-        self, rows: Sequence[Sequence[int]], skip_special_tokens: bool = True
-    ) -> list[str]:
-        return [self.decode(r, skip_special_tokens) for r in rows]
-
-    def id_to_token(self, i: int) -> str | None:
-        return self._tok.id_to_token(int(i))
