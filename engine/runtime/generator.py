@@ -204,8 +204,8 @@ class CpuDecoderStep:
         self.mask = np.asarray(mask, dtype=np.int64)
         self.src = src
         self.enc_mask = np.ascontiguousarray(self.mask[src])
-        self.self_kv: list[np.ndarray] | None = None
-        self.cross_kv: list[np.ndarray] | None = None
+        self.self_kv: list[np.ndarray] | None = None  # None until the first step
+        self.cross_kv: list[np.ndarray] = []
 
     @property
     def rows(self) -> int:
@@ -367,8 +367,8 @@ class CudaDecoderStep:
         self.mask = np.asarray(mask, dtype=np.int64)
         self.src = src
         self.enc_mask = self._up(np.ascontiguousarray(self.mask[src]))
-        self.self_kv: list[Any] | None = None
-        self.cross_kv: list[Any] | None = None
+        self.self_kv: list[Any] | None = None  # None until the first step
+        self.cross_kv: list[Any] = []
         n = 2 * gen.num_layers
         self._gather_kv = RowGather(n, 4, gen.state_dtype, gen.opts)
 
@@ -411,7 +411,7 @@ class CudaDecoderStep:
         outs = dict(zip(names, b.get_outputs()))
         logits = outs["logits"].numpy()[:, -1, :]
         self.self_kv = [outs["present." + n] for n in g.self_names]
-        if self.cross_kv is None:
+        if not self.cross_kv:
             self.cross_kv = [outs["present." + n] for n in g.cross_names]
             if groups:
                 self.self_kv = self._gather(self.self_kv, groups[1])
