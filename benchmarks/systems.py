@@ -391,7 +391,7 @@ class TorchRagSystem:
             ):
                 if part is not None:
                     part.session = SessionProxy(part.session, c, key)
-            model.rag._modules["generator"] = _optimum_generator(ort_model, c)
+            model.rag.generator = _optimum_generator(ort_model, c)  # nn.Module: registered
             gc.collect()
             self.ort_model = ort_model
         if self.device == "cuda":
