@@ -1,8 +1,10 @@
 """The Python-backend models of a ragrt repository (imported by the thin ``*/1/model.py``).
 
-Each model instance builds what it needs once in ``initialize`` (a :class:`RagEngine`, or only
-the question encoder + index for ``retrieve``, only the encoder for ``question_encoder``) and
-translates Triton tensors <-> engine calls with :mod:`ragrt.serving.protocol`.
+Each model instance builds what it needs once in ``initialize`` (a :class:`RagEngine`; a
+:class:`~ragrt.retrieval.retriever.Retriever` with its index for ``retrieve`` and without one for
+``question_encoder``) and translates Triton tensors <-> engine calls with
+:mod:`ragrt.serving.protocol`. Generation parameters become one
+:class:`~ragrt.runtime.generation.request.GenerationRequest` per request (``RagEngine.request``).
 
 Nothing a request sends can take the server down: every request is parsed and answered on its
 own, and any exception becomes that request's error response (``[code] message``). Requests the
