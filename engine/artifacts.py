@@ -289,7 +289,7 @@ def _match(value: Any, hint: Any, name: str, where: Any, fix: str) -> tuple[bool
     if hint in _SCALARS:
         ok = _SCALARS[hint](value)
         return ok, (float(value) if ok and hint is float else value)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             return False, None
         return True, from_json(hint, value, where=where, fix=fix, field=name)

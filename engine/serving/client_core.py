@@ -304,7 +304,7 @@ class ClientCore:
         by one, so the error lands on the question that caused it."""
         try:
             ((_, r),) = yield from self.infer_chunks("rag", chunk, params, protocol.RAG_OUTPUTS)
-            return protocol.unpack_results(r.as_numpy, chunk)
+            return list(protocol.unpack_results(r.as_numpy, chunk))
         except InputError as e:
             if len(chunk) == 1:
                 return [e]

@@ -62,6 +62,7 @@ _CODES = (
     "unsupported_model",
     "device_unavailable",
     "server_error",
+    "cancelled",
     "ragrt_error",
 )
 _CODE_RE = re.compile(r"\[(" + "|".join(_CODES) + r")\]\s*")
@@ -400,7 +401,10 @@ def stream_body(question: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def stream_event(out: Callable[[str], np.ndarray | None]) -> tuple[str, bool]:
     """Client side: ``(text, final)`` of one ``rag_stream`` response (gRPC)."""
-    text = decode_strings(out("TEXT"), "TEXT")[0]
+    text_arr = out("TEXT")
+    if text_arr is None:
+        raise ServerError("rag_stream response without TEXT; is the server a ragrt repository?")
+    text = decode_strings(text_arr, "TEXT")[0]
     return text, bool(np.asarray(out("FINAL")).reshape(-1)[0])
 
 
