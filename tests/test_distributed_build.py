@@ -326,6 +326,15 @@ def test_an_unfinished_build_is_not_overwritten_and_resumes_only_the_same_plan(
     assert (wd / "shards" / "block-000000.json").exists() and not out.exists()
 
 
+def test_a_bad_row_stops_the_build_before_any_work_and_leaves_nothing(tmp_path, rag_bart_art):
+    src = tmp_path / "p.jsonl"
+    src.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": ""}\n')
+    out = tmp_path / "idx"
+    with pytest.raises(InputError, match=r"p.jsonl:2: empty text .*--skip-bad-rows"):
+        build_index_ray(src, out, model=rag_bart_art)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["p.jsonl"]
+
+
 # -- on the two-node cluster --------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_node_build_equals_the_one_process_build(cluster, tmp_path, small_corpus, rag_bart_art):

@@ -200,6 +200,12 @@ def _build(args: argparse.Namespace) -> int:
         + (f", {skipped} bad rows skipped" if skipped else "")
         + f" ({m.build.get('seconds', 0):.1f}s)"
     )
+    ray = m.build.get("ray")
+    if ray:
+        print(
+            f"on Ray: {ray['nodes']} nodes, {ray['workers']} workers, {ray['blocks']} shards "
+            f"({ray['reused_blocks']} reused), {ray['embedded_passages_per_s']} passages/s"
+        )
     return 0
 
 

@@ -264,6 +264,7 @@ def build_index_ray(
     src, out = Path(passages), Path(out_dir)
     _check_ray_options(ropts, device)
     check_options(opts, out)
+    ray = _ray()  # before any work: the extra may be missing
     if model is None:
         raise InputError(
             "the Ray build embeds passages with --model ART_DIR's context encoder; precomputed "
@@ -289,6 +290,7 @@ def build_index_ray(
     _open_work_dir(wd, out, plan, ropts.resume)
     try:
         return _build(
+            ray,
             src,
             out,
             wd,
@@ -304,11 +306,11 @@ def build_index_ray(
             device,
             t_start,
         )
-    except RagrtError:
-        raise  # its message says what is kept and how to resume
     except BaseException as e:
-        if wd.is_dir():
-            done = len(list((wd / SHARDS_DIR).glob("block-*.json")))
+        done = _done_shards(wd)
+        if not done:  # nothing worth resuming: leave nothing behind
+            shutil.rmtree(wd, ignore_errors=True)
+        elif not isinstance(e, RagrtError):  # a RagrtError's message says it already
             log.warning(
                 "build of %s stopped (%s); %d embedded shards are kept in %s: rerun with "
                 "--resume to embed only the rest, or delete it",
@@ -333,12 +335,16 @@ def _check_ray_options(ropts: RayOptions, device: str) -> None:
         raise InputError(f"unknown device {device!r}: cpu, cuda or tensorrt")
 
 
+def _done_shards(wd: Path) -> int:
+    return len(list((wd / SHARDS_DIR).glob("block-*.json"))) if wd.is_dir() else 0
+
+
 def _open_work_dir(wd: Path, out: Path, plan: dict[str, Any], resume: bool) -> None:
     """A fresh work directory, or (``resume``) the one an interrupted build of the same plan left."""
     plan_path = wd / PLAN_FILE
     if wd.exists():
         old = json.loads(plan_path.read_text()) if plan_path.is_file() else None
-        done = len(list((wd / SHARDS_DIR).glob("block-*.json")))
+        done = _done_shards(wd)
         if not resume:
             raise InputError(
                 f"{wd} holds an unfinished Ray build of {out} ({done} embedded shards): pass "
@@ -388,6 +394,7 @@ def _shard_mark(wd: Path, block: int) -> Path:
 
 
 def _build(
+    ray: Any,
     src: Path,
     out: Path,
     wd: Path,
@@ -411,16 +418,17 @@ def _build(
     rows_per = ropts.block_rows
     blocks = [(b, s, min(s + rows_per, n)) for b, s in enumerate(range(0, n, rows_per))]
     work = wd / work_name
-    itemsize = np.dtype(work_dtype).itemsize
-    if not work.exists():
+    size = n * dim * np.dtype(work_dtype).itemsize
+    if not work.is_file() or work.stat().st_size != size:  # new, or lost after the shards
+        for mark in (wd / SHARDS_DIR).glob("block-*.json"):
+            mark.unlink()
         with open(work, "wb") as f:
-            f.truncate(n * dim * itemsize)  # sparse: shards fill their rows
+            f.truncate(size)  # sparse: shards fill their rows
     todo = [blk for blk in blocks if not _shard_mark(wd, blk[0]).is_file()]
     reused = len(blocks) - len(todo)
     if reused:
         log.info("reusing %d of %d embedded shards from %s", reused, len(blocks), wd)
 
-    ray = _ray()
     started = _connect(ray, ropts)
     try:
         t = time.perf_counter()
@@ -613,10 +621,12 @@ def _embed(
     except RagrtError:
         raise
     except Exception as e:  # Ray's wrapping of a worker's error, or of a cluster failure
-        done = len(list((wd / SHARDS_DIR).glob("block-*.json")))
+        done = _done_shards(wd)
         hint = (
             f" ({done} of {nblocks} shards are embedded and kept in {wd}: rerun with --resume "
             "to embed only the rest)"
+            if done
+            else ""
         )
         cause = _ragrt_cause(e)
         if cause is not None:
