@@ -1,27 +1,20 @@
 """The Ray index build (``ragrt index build --ray``) against the one-process build.
 
-The cluster tests run a real two-node Ray cluster on this machine, once for the module: a head
-and a second node, each started by ``ray start`` in a session (process group) of its own, with
-one CPU and a small object store each, so two embedding actors land one per node. Both bind
-127.0.0.2: Ray replaces 127.0.0.1 with the machine's outward address, the rest of 127/8 is
-loopback too and is kept. A random token (``RAY_AUTH_MODE=token``) keeps other local processes
-out and nothing is written to ``~/.ray``. Builds are submitted as ``ragrt index build --ray``
-subprocesses (or in-process with ``ray.init`` where options the CLI does not expose are
-needed). The cluster is stopped by killing exactly the processes of its two sessions (never
-``ray stop``, which stops every Ray on the machine). Every wait is bounded.
+The cluster tests share one real two-node Ray cluster for the module (``tests/ray_cluster.py``:
+a head and a second node started by ``ray start`` in sessions of their own, one CPU each, so
+two embedding actors land one per node). Builds are submitted as ``ragrt index build --ray``
+subprocesses, or as a driver script that connects itself where options the CLI does not expose
+are needed; the test process keeps no Ray state. Every wait is bounded.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,136 +26,11 @@ from ragrt.errors import InputError
 from ragrt.retrieval.build import BuildOptions, build_index
 from ragrt.retrieval.distributed import RayOptions, build_index_ray, work_dir_for
 from ragrt.retrieval.index import PassageIndex
+from tests.ray_cluster import TwoNodeCluster
 
-RAY = Path(sys.executable).with_name("ray")
 #: one ragrt build on the cluster; the slowest seen here is ~40 s on 2 busy cores
 BUILD_TIMEOUT_S = 300
 STORE = ("passages.data", "passages.offsets", "passages.ids")
-
-
-# -- the cluster --------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _session_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[3])  # state ppid pgrp session
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
-
-
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-class TwoNodeCluster:
-    """A head and a worker node on 127.0.0.2, each in its own session; see the module doc."""
-
-    def __init__(self) -> None:
-        # short: Ray's unix sockets live under it (108-byte path limit)
-        self.temp = Path(tempfile.mkdtemp(prefix="rr", dir="/tmp"))
-        self.env = {
-            **os.environ,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": secrets.token_hex(16),
-            "RAY_USAGE_STATS_ENABLED": "0",
-        }
-        self.sessions: list[int] = []
-        self.address = f"127.0.0.2:{_free_port()}"
-
-    def _start(self, *args: str, log: str) -> None:
-        ports = [
-            "--dashboard-agent-listen-port",
-            "--dashboard-agent-grpc-port",
-            "--runtime-env-agent-port",
-            "--metrics-export-port",
-        ]
-        cmd = [str(RAY), "start", "--node-ip-address", "127.0.0.2", "--disable-usage-stats"]
-        cmd += [*args, *(x for p in ports for x in (p, str(_free_port())))]
-        with open(self.temp / log, "w") as f:
-            p = subprocess.Popen(
-                cmd, env=self.env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            self.sessions.append(p.pid)  # setsid: the session id is this pid
-            try:
-                rc = p.wait(timeout=180)
-            except subprocess.TimeoutExpired:
-                rc = None
-        if rc != 0:
-            raise RuntimeError(f"`ray start` failed ({rc}):\n{(self.temp / log).read_text()}")
-
-    def start(self) -> TwoNodeCluster:
-        port = self.address.rsplit(":", 1)[1]
-        self._start(
-            "--head",
-            "--port",
-            port,
-            "--num-cpus",
-            "1",
-            "--object-store-memory",
-            str(200 << 20),
-            "--include-dashboard=false",
-            "--ray-client-server-port",
-            str(_free_port()),
-            "--dashboard-port",
-            str(_free_port()),
-            "--temp-dir",
-            str(self.temp),
-            log="head.log",
-        )
-        self._start(
-            "--address",
-            self.address,
-            "--num-cpus",
-            "1",
-            "--object-store-memory",
-            str(120 << 20),
-            log="node.log",
-        )
-        return self
-
-    def processes(self) -> list[int]:
-        """Every live process of the cluster: its two sessions, plus anything naming its temp
-        dir (a process that left the session would still name it)."""
-        own = set(self.sessions)
-        tag = str(self.temp)
-        return [
-            pid
-            for pid in _pids()
-            if pid != os.getpid() and (_session_of(pid) in own or tag in _cmdline(pid))
-        ]
-
-    def embedding_actors(self, busy: bool) -> list[int]:
-        """Embedding actor processes (``busy``: running a block right now)."""
-        out = []
-        for pid in self.processes():
-            cmd = _cmdline(pid)
-            if "MapBatches(BlockEmbedder)" in cmd and (not busy or cmd.endswith(".submit")):
-                out.append(pid)
-        return out
-
-    def stop(self) -> None:
-        for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-            for pid in self.processes():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self.processes():
-                time.sleep(0.2)
-        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +39,8 @@ def cluster():
     try:
         yield c.start()
     finally:
-        c.stop()
-        assert not c.processes(), "the test cluster outlived the tests"
+        left = c.stop()
+        assert not left, f"the test cluster outlived the tests: {left}"
 
 
 # -- corpora and reference builds ---------------------------------------------------------------
