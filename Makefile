@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,serve,dev]'
+	$(BIN)/pip install -q -e '.[export,serve,dev,distributed]'
 	touch $(STAMP)
 
 demo: $(STAMP)
