@@ -40,6 +40,14 @@ class DeviceError(RagrtError):
     code = "device_unavailable"
 
 
+class DependencyError(RagrtError, ImportError):
+    """An optional dependency is missing or broken: an extra (``export``, ``serve``, ``dev``), or
+    the compute stack (``cpu`` or ``gpu``: ONNX Runtime + FAISS), or both builds of one library.
+    Also an ImportError, so code that guards an optional import catches it."""
+
+    code = "missing_dependency"
+
+
 class ServerError(RagrtError):
     """A Triton server answered with an error, or could not be reached after retries."""
 
@@ -48,7 +56,14 @@ class ServerError(RagrtError):
 
 def error_from_code(code: str, message: str) -> RagrtError:
     """Rebuild the ragrt error class named by ``code`` (used by the client)."""
-    for cls in (InputError, ArtifactError, UnsupportedModelError, DeviceError, ServerError):
+    for cls in (
+        InputError,
+        ArtifactError,
+        UnsupportedModelError,
+        DeviceError,
+        DependencyError,
+        ServerError,
+    ):
         if cls.code == code:
             return cls(message)
     return RagrtError(message)

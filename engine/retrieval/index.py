@@ -36,6 +36,7 @@ import numpy as np
 from ragrt.errors import ArtifactError, DeviceError, InputError
 from ragrt.results import Doc
 from ragrt.retrieval.passages import PassageStore
+from ragrt.runtime import stack
 from ragrt.runtime.manifest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -354,11 +355,7 @@ def to_device(
 
 
 def _faiss():
-    try:
-        import faiss
-    except ImportError as e:  # pragma: no cover - faiss is a dependency
-        raise DeviceError("faiss is not installed: pip install faiss-cpu (or faiss-gpu)") from e
-    return faiss
+    return stack.faiss()  # checks that one faiss build (CPU or GPU) is installed, not both
 
 
 # -- search ----------------------------------------------------------------------------------

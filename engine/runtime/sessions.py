@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragrt.errors import ArtifactError, DeviceError, InputError
+from ragrt.runtime import stack
 
 DEVICES = ("cpu", "cuda", "tensorrt")
 
@@ -36,7 +37,7 @@ def cpu_threads() -> int:
 
 
 def available_providers() -> list[str]:
-    import onnxruntime as ort
+    ort = stack.onnxruntime()
 
     return list(ort.get_available_providers())
 
@@ -58,6 +59,7 @@ def providers_for(opts: SessionOptions) -> list[str | tuple[str, dict]]:
             f"(available: {', '.join(have)}); install `ragrt[gpu]` (onnxruntime-gpu) on a "
             "machine with an NVIDIA GPU, or use --device cpu"
         )
+    stack.load_cuda_libraries()
     cuda = ("CUDAExecutionProvider", {"device_id": opts.device_id})
     if opts.device == "tensorrt":
         if "TensorrtExecutionProvider" not in have:
@@ -74,7 +76,7 @@ def providers_for(opts: SessionOptions) -> list[str | tuple[str, dict]]:
 
 def open_session(path: str | os.PathLike, opts: SessionOptions | None = None):
     """Open one ONNX graph as an ``onnxruntime.InferenceSession``."""
-    import onnxruntime as ort
+    ort = stack.onnxruntime()
 
     opts = opts or SessionOptions()
     p = Path(path)
