@@ -120,7 +120,7 @@ def resolve_model(ref: str | os.PathLike, what: str) -> Path:
     if path.exists() or not _is_hub_id(text):
         return path
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (
+    from huggingface_hub.utils import (  # (.errors only since 0.24)
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
@@ -457,6 +457,8 @@ def load_sources(
         if what == "generator":
             _generator_family(cfg.get("model_type", ""), Path(path))
         if what == "RAG checkpoint":
+            if cfg.get("model_type") != "rag":
+                continue  # load_rag_checkpoint says what it is instead
             _check_tokenizer(path / "question_encoder_tokenizer", "question encoder")
             _check_tokenizer(path / "generator_tokenizer", "generator")
         else:

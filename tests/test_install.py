@@ -203,3 +203,18 @@ def test_every_extra_that_pulls_torch_or_transformers_pins_them():
         assert "torch==2.13.0" in reqs, name
         assert any(r.startswith("transformers") and "<4.58" in r for r in reqs), name
     assert any(r.startswith("sentence-transformers") and "<6" in r for r in _extras()["dev"])
+
+
+def test_gpu_hints_switch_stacks_instead_of_mixing_them():
+    """`pip install 'ragrt[gpu]'` on top of the CPU stack would install both builds: the
+    hints for a missing GPU say to remove the CPU builds first."""
+    from ragrt.errors import DeviceError
+    from ragrt.retrieval.index import gpu_plan
+    from ragrt.runtime.sessions import SessionOptions, providers_for
+
+    assert stack.TO_GPU.startswith("pip uninstall -y onnxruntime faiss-cpu && ")
+    with pytest.raises(DeviceError) as e:
+        providers_for(SessionOptions(device="cuda"))
+    assert stack.TO_GPU in str(e.value)
+    flat = {"kind": "flat", "class": "IndexFlatIP"}
+    assert stack.TO_GPU in gpu_plan(flat, device="auto", num_gpus=1, has_gpu_faiss=False).reason

@@ -250,7 +250,7 @@ def gpu_plan(
     if device == "cpu":
         return GpuPlan(False, "cpu requested")
     if not has_gpu_faiss:
-        return no("this faiss build has no GPU support (install faiss-gpu, the `gpu` extra)")
+        return no(f"this faiss build has no GPU support (switch stacks: {stack.TO_GPU})")
     if num_gpus <= 0:
         return no("faiss sees no CUDA device")
     ids = list(range(num_gpus)) if gpus is None else [int(g) for g in gpus]

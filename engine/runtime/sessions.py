@@ -56,8 +56,8 @@ def providers_for(opts: SessionOptions) -> list[str | tuple[str, dict]]:
     if "CUDAExecutionProvider" not in have:
         raise DeviceError(
             f"device {opts.device!r} requested but ONNX Runtime has no CUDA provider "
-            f"(available: {', '.join(have)}); install `ragrt[gpu]` (onnxruntime-gpu) on a "
-            "machine with an NVIDIA GPU, or use --device cpu"
+            f"(available: {', '.join(have)}); on a machine with an NVIDIA GPU switch to the "
+            f"GPU stack ({stack.TO_GPU}), or use --device cpu"
         )
     stack.load_cuda_libraries()
     cuda = ("CUDAExecutionProvider", {"device_id": opts.device_id})

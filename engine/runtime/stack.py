@@ -35,6 +35,8 @@ BUILDS: dict[str, tuple[str, ...]] = {
     "faiss": ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu"),
 }
 CPU_BUILDS = ("onnxruntime", "faiss-cpu")
+#: how to replace the CPU stack by the GPU one (installing `gpu` on top would mix the builds)
+TO_GPU = "pip uninstall -y onnxruntime faiss-cpu && pip install 'ragrt[gpu]'"
 NO_STACK = (
     "ragrt needs a compute stack: pip install 'ragrt[cpu]' (or 'ragrt[gpu]' on CUDA machines)"
 )
