@@ -202,11 +202,7 @@ def _export_into(
         report.write(root / "parity.json")
         fp32_fail = report.failures("fp32")
         if fp32_fail:
-            names = ", ".join(f"{r.component} ({r.metrics})" for r in fp32_fail)
-            raise RagrtError(
-                f"fp32 parity against PyTorch failed for {names}; the export is wrong - "
-                "please report it with the checkpoint's config.json"
-            )
+            raise RagrtError(parity.fp32_failure_message(fp32_fail))
 
     files = {}
     for p in sorted(root.rglob("*")):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragrt.errors import ArtifactError, DeviceError, InputError
+from ragrt.runtime import stack
 
 if TYPE_CHECKING:  # pragma: no cover
     from onnxruntime import InferenceSession
@@ -40,7 +41,7 @@ def cpu_threads() -> int:
 
 
 def available_providers() -> list[str]:
-    import onnxruntime as ort
+    ort = stack.onnxruntime()
 
     return list(ort.get_available_providers())
 
@@ -59,9 +60,10 @@ def providers_for(opts: SessionOptions) -> list[str | tuple[str, dict]]:
     if "CUDAExecutionProvider" not in have:
         raise DeviceError(
             f"device {opts.device!r} requested but ONNX Runtime has no CUDA provider "
-            f"(available: {', '.join(have)}); install `ragrt[gpu]` (onnxruntime-gpu) on a "
-            "machine with an NVIDIA GPU, or use --device cpu"
+            f"(available: {', '.join(have)}); on a machine with an NVIDIA GPU switch to the "
+            f"GPU stack ({stack.TO_GPU}), or use --device cpu"
         )
+    stack.load_cuda_libraries()
     cuda = ("CUDAExecutionProvider", {"device_id": opts.device_id})
     if opts.device == "tensorrt":
         if "TensorrtExecutionProvider" not in have:
@@ -78,7 +80,7 @@ def providers_for(opts: SessionOptions) -> list[str | tuple[str, dict]]:
 
 def open_session(path: str | os.PathLike, opts: SessionOptions | None = None) -> InferenceSession:
     """Open one ONNX graph as an ``onnxruntime.InferenceSession``."""
-    import onnxruntime as ort
+    ort = stack.onnxruntime()
 
     opts = opts or SessionOptions()
     p = Path(path)
