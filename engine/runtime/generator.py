@@ -138,9 +138,25 @@ class Seq2SeqGenerator:
             raise InputError(
                 f"context ids/mask must be equal non-empty [N, L], got {ids.shape}/{mask.shape}"
             )
-        (states,) = self.encoder.run(
-            ["last_hidden_state"], {"input_ids": ids, "attention_mask": mask}
-        )
+        lens = right_padded_lengths(mask)
+        buckets = length_buckets(lens) if lens is not None else [np.arange(len(ids))]
+        if len(buckets) == 1 and (lens is None or lens.max() == ids.shape[1]):
+            (states,) = self.encoder.run(
+                ["last_hidden_state"], {"input_ids": ids, "attention_mask": mask}
+            )
+            return states
+        # Each bucket runs at its own longest length; the rest stays zero (masked anyway).
+        states = None
+        for rows in buckets:
+            n = int(lens[rows].max())
+            feeds = {
+                "input_ids": np.ascontiguousarray(ids[rows, :n]),
+                "attention_mask": np.ascontiguousarray(mask[rows, :n]),
+            }
+            (part,) = self.encoder.run(["last_hidden_state"], feeds)
+            if states is None:
+                states = np.zeros(ids.shape + part.shape[2:], dtype=part.dtype)
+            states[rows, :n] = part
         return states
 
     def decoder_step(
@@ -163,6 +179,42 @@ class Seq2SeqGenerator:
         }
         (logits,) = self.decoder.run(["logits"], feeds)
         return logits.astype(np.float32, copy=False)
+
+
+BUCKET_SLACK = 0.1
+"""A length bucket may hold up to 10% padding tokens: a few more, shorter encoder runs are
+cheaper than encoding padding (the encoder is compute-bound and linear in tokens)."""
+
+
+def right_padded_lengths(mask: np.ndarray) -> np.ndarray | None:
+    """Row lengths when every row of ``mask`` is ones then zeros (else ``None``)."""
+    lens = mask.sum(axis=1)
+    if lens.min() < 1 or not np.array_equal(
+        mask != 0, np.arange(mask.shape[1])[None, :] < lens[:, None]
+    ):
+        return None
+    return lens
+
+
+def length_buckets(lengths: np.ndarray, slack: float = BUCKET_SLACK) -> list[np.ndarray]:
+    """Rows to encode together: longest first, a bucket grows while padding stays <= slack.
+
+    Why: padding every context to the longest one makes the encoder (and its cost) scale with
+    ``rows x longest``; encoding each bucket at its own length gives bit-identical states on
+    the real positions (every op is row-wise or masked, and masked scores add exact zeros).
+    """
+    order = np.argsort(-lengths, kind="stable")
+    buckets: list[list[int]] = []
+    top = real = 0
+    for r in order.tolist():
+        n = int(lengths[r])
+        if buckets and top * (len(buckets[-1]) + 1) <= (1 + slack) * (real + n):
+            buckets[-1].append(r)
+            real += n
+        else:
+            buckets.append([r])
+            top = real = n
+    return [np.array(sorted(b), dtype=np.int64) for b in buckets]
 
 
 def _first_step_groups(src: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
