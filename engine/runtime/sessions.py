@@ -17,11 +17,19 @@ DEVICES = ("cpu", "cuda", "tensorrt")
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """How to open sessions. ``intra_op_threads=0`` means one thread per physical core."""
+    """How to open sessions. ``intra_op_threads=0`` means one thread per usable core.
+
+    ``spinning``: let ONNX Runtime's idle intra-op threads busy-wait for the next parallel
+    section. Off by default: a spinning thread burns a core between operators and between
+    decode steps, which the Python loop, other model instances and other processes need; when
+    the cores are shared, spinning workers and descheduled ones make every parallel section
+    wait for the slowest (see ``ragrt.benchmarks.contention``).
+    """
 
     device: str = "cpu"
     device_id: int = 0
     intra_op_threads: int = 0
+    spinning: bool = False
     graph_optimization: str = "all"  # disable | basic | extended | all
     trt_fp16: bool = True
     trt_cache_dir: str | None = None
@@ -83,6 +91,7 @@ def open_session(path: str | os.PathLike, opts: SessionOptions | None = None):
     so = ort.SessionOptions()
     so.intra_op_num_threads = opts.intra_op_threads or cpu_threads()
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.spinning else "0")
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
