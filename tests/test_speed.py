@@ -92,6 +92,35 @@ def test_bucketed_encoder_is_bit_identical_and_decodes_the_same(fp32_generator):
     assert len({t for h in a for t in h[0].token_ids}) > 3, "fixture must decode diverse tokens"
 
 
+def test_bucketed_first_step_keeps_the_bits(fp32_generator):
+    """First step in length buckets (caches padded with zeros) == one padded run, and the
+    next step over those caches == the next step over the padded run's caches."""
+    gen = fp32_generator
+    lens = [12, 60, 57, 33]
+    ids, mask = _contexts(lens, 64, seed=5)
+    states = gen.encode(ids, mask)
+    tok0 = np.full(4, 2, dtype=np.int64)
+    step = gen.decoder_step(states, mask)
+    got0 = step.step(tok0)
+    feeds = {
+        "encoder_attention_mask": mask,
+        "input_ids": tok0[:, None],
+        "encoder_hidden_states": states,
+    }
+    ref = dict(zip(gen.dec_out_names, gen.decoder.run(None, feeds)))
+    assert np.array_equal(got0, ref["logits"][:, -1])
+    for n, kv in zip(gen.cross_names, step.cross_kv):
+        for r, L in enumerate(lens):
+            assert np.array_equal(kv[r, :, :L], ref["present." + n][r, :, :L])
+    tok1 = np.argmax(got0, axis=-1)
+    got1 = step.step(tok1)
+    past = {"encoder_attention_mask": mask, "input_ids": tok1[:, None]}
+    for n in gen.self_names + gen.cross_names:
+        past["past_key_values." + n] = ref["present." + n]
+    ref1 = gen.decoder_with_past.run(["logits"], past)[0]
+    assert np.array_equal(got1, ref1[:, -1])
+
+
 @pytest.mark.parametrize("rows", [5, 20])
 def test_marginalize_has_the_bits_of_log_softmax_then_logsumexp(rows):
     from ragrt.runtime.generation.rag_token import RagTokenStep

@@ -251,14 +251,7 @@ class CpuDecoderStep:
         if self.self_kv is None:
             groups = _first_step_groups(self.src, ids)
             run_rows = groups[0] if groups else np.arange(self.rows)
-            feeds = {
-                "encoder_attention_mask": np.ascontiguousarray(self.enc_mask[run_rows]),
-                "input_ids": np.ascontiguousarray(ids[run_rows]),
-                "encoder_hidden_states": np.ascontiguousarray(
-                    self.states[self.src[run_rows]], dtype=g.state_dtype
-                ),
-            }
-            outs = dict(zip(g.dec_out_names, g.decoder.run(None, feeds)))
+            outs = self._first_step(run_rows, ids[run_rows])
             expand = (lambda a: a[groups[1]]) if groups else (lambda a: a)
             self.self_kv = [expand(outs["present." + n]) for n in g.self_names]
             self.cross_kv = [expand(outs["present." + n]) for n in g.cross_names]
@@ -273,6 +266,48 @@ class CpuDecoderStep:
             self.self_kv = [outs["present." + n] for n in g.self_names]
             logits = outs["logits"][:, -1, :]
         return logits.astype(np.float32, copy=False)
+
+    def _first_step(self, run_rows: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """First decoder step of ``run_rows``, in the encoder's length buckets.
+
+        The first step computes every layer's cross-attention keys/values over the contexts;
+        each bucket runs at its own longest length and the caches are padded back with zeros
+        (masked, so later steps and logits keep the same bits), as in ``encode``.
+        """
+        g = self.gen
+        mask = np.ascontiguousarray(self.enc_mask[run_rows])
+        states = self.states[self.src[run_rows]]
+        lens = right_padded_lengths(mask)
+        buckets = length_buckets(lens) if lens is not None else [np.arange(len(run_rows))]
+        if len(buckets) == 1 and (lens is None or lens.max() == mask.shape[1]):
+            feeds = {
+                "encoder_attention_mask": mask,
+                "input_ids": ids,
+                "encoder_hidden_states": np.ascontiguousarray(states, dtype=g.state_dtype),
+            }
+            return dict(zip(g.dec_out_names, g.decoder.run(None, feeds)))
+        outs: dict[str, np.ndarray] = {}
+        for rows in buckets:
+            n = int(lens[rows].max())
+            feeds = {
+                "encoder_attention_mask": np.ascontiguousarray(mask[rows, :n]),
+                "input_ids": np.ascontiguousarray(ids[rows]),
+                "encoder_hidden_states": np.ascontiguousarray(
+                    states[rows, :n], dtype=g.state_dtype
+                ),
+            }
+            for name, a in zip(g.dec_out_names, g.decoder.run(None, feeds)):
+                cross = name.endswith((".encoder.key", ".encoder.value"))
+                if name not in outs:
+                    shape = (len(ids), *a.shape[1:])
+                    if cross:  # [rows, heads, context, head_dim]
+                        shape = (*shape[:2], mask.shape[1], *shape[3:])
+                    outs[name] = np.zeros(shape, a.dtype)
+                if cross:
+                    outs[name][rows, :, :n] = a
+                else:
+                    outs[name][rows] = a
+        return outs
 
     def select(self, idx: np.ndarray) -> None:
         idx = np.asarray(idx, dtype=np.int64)
