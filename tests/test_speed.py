@@ -174,3 +174,20 @@ def test_ctranslate2_peer_decodes_like_ragrt(rag_bart_ckpt, fp32_generator, tmp_
     int8 = cp.Ct2Generator(cp.convert(gen_dir, tmp_path / "ct2-int8", "int8"), "int8", 1)
     out = int8.generate(ids, mask, 8).token_ids
     assert [len(s) for s in out] == [8] * 4
+
+
+def test_cgroup_cpu_quota_caps_threads(tmp_path):
+    from ragrt.runtime.sessions import cgroup_cpu_limit
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(v1) == 2.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(v1) is None
+    assert cgroup_cpu_limit(tmp_path / "missing") is None

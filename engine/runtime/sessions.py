@@ -6,6 +6,7 @@ thread counts and the error raised when a device is missing are the same everywh
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +36,35 @@ class SessionOptions:
     trt_cache_dir: str | None = None
 
 
+def cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
+    """CPUs the cgroup's quota allows (Kubernetes ``limits.cpu``, ``docker --cpus``), or None.
+
+    A container sees every core of the node in its affinity mask; threads beyond its quota
+    only get throttled, every parallel section then waits for the slowest.
+    """
+    r = Path(root)
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        quota, period = (r / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota = int((r / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((r / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
 def cpu_threads() -> int:
-    """Cores this process may use (respects taskset / cgroup affinity)."""
+    """Cores this process may use: its affinity mask (taskset, cpusets), capped by the
+    cgroup CPU quota (rounded up)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+        n = max(1, os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    return n if limit is None else max(1, min(n, math.ceil(limit)))
 
 
 def available_providers() -> list[str]:
