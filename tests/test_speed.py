@@ -146,6 +146,44 @@ def test_sessions_do_not_spin_unless_asked(rag_bart_art):
     spin = open_session(path, SessionOptions(intra_op_threads=2, spinning=True))
     assert spin.get_session_options().get_session_config_entry(key) == "1"
     assert quiet.get_session_options().intra_op_num_threads == 2
+    daz = "session.set_denormal_as_zero"
+    assert quiet.get_session_options().get_session_config_entry(daz) == "1"
+    plain = open_session(path, SessionOptions(denormal_as_zero=False))
+    assert plain.get_session_options().get_session_config_entry(daz) == "0"
+
+
+_DENORMAL_ATTENTION = """
+import sys, numpy as np
+from onnx import TensorProto, helper
+from ragrt.runtime.sessions import SessionOptions, open_session
+g = helper.make_graph(
+    [helper.make_node("Softmax", ["s"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["y"])],
+    "attn",
+    [helper.make_tensor_value_info("s", TensorProto.FLOAT, [8, 64, 64]),
+     helper.make_tensor_value_info("v", TensorProto.FLOAT, [8, 64, 32])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 64, 32])],
+)
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+m.ir_version = 8
+path = sys.argv[2] + "/attn.onnx"
+open(path, "wb").write(m.SerializeToString())
+sess = open_session(path, SessionOptions(intra_op_threads=1, denormal_as_zero=sys.argv[1] == "1"))
+rng = np.random.default_rng(0)
+s = (rng.standard_normal((8, 64, 64)) * 40).astype(np.float32)  # peaked: denormal probabilities
+v = rng.standard_normal((8, 64, 32)).astype(np.float32)
+np.save(sys.argv[2] + "/y" + sys.argv[1] + ".npy", sess.run(None, {"s": s, "v": v})[0])
+"""
+
+
+def test_denormals_as_zero_keep_the_bits(tmp_path):
+    """Flushing denormals (fresh process each: ONNX Runtime sets the calling thread once)."""
+    import subprocess
+    import sys
+
+    for flag in ("0", "1"):
+        subprocess.run([sys.executable, "-c", _DENORMAL_ATTENTION, flag, str(tmp_path)], check=True)
+    off, on = np.load(tmp_path / "y0.npy"), np.load(tmp_path / "y1.npy")
+    assert np.array_equal(off, on)
 
 
 def test_ctranslate2_peer_decodes_like_ragrt(rag_bart_ckpt, fp32_generator, tmp_path):
