@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ct2", action="store_true", help="skip CTranslate2")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    from ragrt.benchmarks.harness import QUESTIONS, load_snapshot, machine_info
+    from ragrt.benchmarks.harness import QUESTIONS
+    from ragrt.benchmarks.machine import load_snapshot, machine_info
     from ragrt.runtime.sessions import cpu_threads
 
     threads = a.threads or cpu_threads()

@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    from ragrt.benchmarks.harness import QUESTIONS, machine_info
+    from ragrt.benchmarks.harness import QUESTIONS
     from ragrt.benchmarks.int8_schemes import _generator, plain_runs, rag_runs, trained
+    from ragrt.benchmarks.machine import machine_info
     from ragrt.benchmarks.models import prepare
     from ragrt.engine import RagEngine
     from ragrt.runtime.generation.params import GenerationParams

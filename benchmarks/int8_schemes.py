@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="trained,bart-base")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    from ragrt.benchmarks.harness import machine_info
+    from ragrt.benchmarks.machine import machine_info
 
     names = [s for s in a.schemes.split(",") if s]
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="ragrt-int8-"))
