@@ -235,3 +235,53 @@ def test_graph_weight_bytes_separates_gathered_tables(tmp_path):
     onnx.save(helper.make_model(g), str(path))
     got = roofline.graph_weight_bytes(path)
     assert got == {"streamed": 8 * 4 * 4 + 8 * 4, "gathered": 100 * 8 * 4}
+
+
+@pytest.mark.slow
+def test_bench_generator_answers_are_diverse(tmp_path):
+    """Issue 10 item 14: a benchmark generator whose greedy answers are BOS plus one token
+    repeated (v1's bart-base) makes token agreement vacuous. The bart-base generator must
+    answer the headline questions (RAG-Token over 5 contexts each, as the reference runs it)
+    with varied tokens along each answer and different answers for different questions."""
+    import types
+
+    import torch
+    from transformers import RagTokenForGeneration
+    from transformers.models.rag.retrieval_rag import RagRetriever
+
+    from ragrt.benchmarks import models
+    from ragrt.export import fixtures as fx
+
+    gtok = fx.bart_tokenizer(models.TOKENIZER_VOCAB)
+    gen = models.bench_generator(models.BART_PUBLISHED_VOCAB, "bart-base")
+    qenc = fx.dpr_question_encoder("bert-tiny")
+    rag = RagTokenForGeneration(
+        config=fx.rag_config(qenc.config, gen.config), question_encoder=qenc, generator=gen
+    ).eval()
+    passages = [json.loads(x) for x in models.bench_corpus(tmp_path / "c.jsonl").open()]
+    questions, n_docs, new_tokens = harness.QUESTIONS[:4], 5, 12
+    docs = [
+        {
+            "title": [p["title"] for p in passages[7 * i : 7 * i + n_docs]],
+            "text": [p["text"] for p in passages[7 * i : 7 * i + n_docs]],
+        }
+        for i in range(len(questions))
+    ]
+    retriever = types.SimpleNamespace(config=rag.config, generator_tokenizer=gtok)
+    ids, mask = RagRetriever.postprocess_docs(
+        retriever, docs, questions, "", n_docs, return_tensors="pt"
+    )
+    with torch.inference_mode():
+        out = rag.generate(
+            context_input_ids=ids,
+            context_attention_mask=mask,
+            doc_scores=torch.zeros(len(questions), n_docs),
+            n_docs=n_docs,
+            max_length=new_tokens + 1,
+            min_length=new_tokens + 1,
+            num_beams=1,
+        )
+    answers = [row[2:] for row in out.tolist()]  # after decoder start and forced BOS
+    assert all(len(set(a)) >= 4 for a in answers), answers
+    assert len({t for a in answers for t in a}) >= 8, answers
+    assert len({tuple(a) for a in answers}) > 1, answers
