@@ -300,8 +300,8 @@ class Bench:
                 if e.size == size and (size, json.dumps(e.workload.to_dict())) not in done
             ]
             contend = self.contention_systems() if size == s.sizes[0] else []
-            if "contention" in result:  # resumed after the contention phase
-                contend = []
+            if result.get("contention", {}).get("busy") == s.contention:
+                contend = []  # resumed after this contention phase
             if not entries and not contend:
                 continue
             enc = "bert-tiny" if size == "bart-tiny" else s.encoder_size
@@ -397,7 +397,9 @@ class Bench:
         except (OSError, ValueError):
             self.log(f"--resume: no partial results at {p}; starting afresh")
             return result, set()
+        # the contention phase is kept or re-run on its own (see run)
         ignore = {"out", "max_load", "wait_s", "resume", "plots", "tag"}
+        ignore |= {"contention", "contention_systems"}
 
         def key(st: dict[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in st.items() if k not in ignore}
@@ -659,6 +661,7 @@ __all__ = [
     "Settings",
     "agreement",
     "build_plan",
+    "diversity",
     "evaluate_targets",
     "floors",
     "load_snapshot",
