@@ -50,7 +50,7 @@ examples:
                                            optimum, ragrt fp32/int8, CTranslate2 fp32/int8),
                                            then the batch / n_docs / beams / length sweeps
   ragrt bench --sizes bart-base --batch-sizes 1 --n-docs 5 --num-beams 1 --new-tokens 32 \\
-      --contention 2 --tag contention      the headline alone, then again quiet vs 2 busy
+      --contention 2 --tag loaded          the headline alone, then again quiet vs 2 busy
                                            processes (ragrt and CTranslate2 side by side)
 
 systems: reference = transformers RagTokenForGeneration; optimum = the same with optimum's
