@@ -340,6 +340,13 @@ def test_targets_state_every_issue_12_verdict():
     assert verdict("ragrt fp32 batch-1 decode step") == (False, 1.5, 1.6)
     assert all(t["ratio_to_goal"] for t in got.values())
 
+    # what a run did not measure is listed as n/a with how to measure it, never dropped
+    bare = {"settings": result["settings"] | {"batch_sizes": [1]}, "runs": result["runs"][:1]}
+    na = {t["target"]: t for t in evaluate_targets(bare) if t["met"] is None}
+    assert len(na) == 6, sorted(na)  # int8 x2, contention x2, batch, roofline
+    assert all(t["note"].startswith("not measured") for t in na.values())
+    assert any("--contention" in t["note"] for t in na.values())
+
 
 def test_step_bytes_counts_weights_caches_and_logits():
     gen = {"decoder_layers": 6, "d_model": 768, "vocab_size": 50265}
