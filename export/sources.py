@@ -417,6 +417,18 @@ def load_rag_checkpoint(
     return q, g, gen
 
 
+def _check_folder(path: Path, what: str) -> None:
+    """A model folder has a readable config of a supported kind and its tokenizer files."""
+    cfg = _read_config(path, what)
+    if what == "generator":
+        _generator_family(cfg.get("model_type", ""), path)
+    if what != "RAG checkpoint":
+        _check_tokenizer(path, what)
+    elif cfg.get("model_type") == "rag":  # else load_rag_checkpoint says what it is instead
+        _check_tokenizer(path / "question_encoder_tokenizer", "question encoder")
+        _check_tokenizer(path / "generator_tokenizer", "generator")
+
+
 def load_sources(
     rag_dir: str | os.PathLike | None = None,
     question_encoder: str | os.PathLike | None = None,
@@ -451,18 +463,8 @@ def load_sources(
         (generator, "generator"),
         (context_encoder, "context encoder"),
     ):
-        if path is None:
-            continue
-        cfg = _read_config(Path(path), what)
-        if what == "generator":
-            _generator_family(cfg.get("model_type", ""), Path(path))
-        if what == "RAG checkpoint":
-            if cfg.get("model_type") != "rag":
-                continue  # load_rag_checkpoint says what it is instead
-            _check_tokenizer(path / "question_encoder_tokenizer", "question encoder")
-            _check_tokenizer(path / "generator_tokenizer", "generator")
-        else:
-            _check_tokenizer(path, what)
+        if path is not None:
+            _check_folder(Path(path), what)
     if rag_dir is not None:
         q, g, gen = load_rag_checkpoint(rag_dir)
         desc = {"kind": "rag", "rag_dir": str(Path(rag_dir).resolve())}

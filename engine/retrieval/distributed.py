@@ -521,25 +521,19 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0] if s else type(e).__name__
 
 
-def _embed(
+def _embedding_dataset(
     ray: Any,
     wd: Path,
-    work: Path,
     todo: list[tuple[int, int, int]],
-    n: int,
-    dim: int,
     work_dtype: str,
     art: Any,
     enc: _EncoderIdentity,
     opts: BuildOptions,
     ropts: RayOptions,
     device: str,
-    nblocks: int,
-) -> int:
-    """Embed the ``todo`` blocks on the cluster; each lands in its rows of ``work``, durably,
-    before its shard is marked done. Returns the rows embedded."""
-    if not todo:
-        return 0
+) -> Any:
+    """The Ray Data pipeline of one build: blocks read from the store on the driver's node,
+    embedded by an actor pool of ``ropts.workers`` encoders."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours counts passages across the cluster
     if not log.isEnabledFor(logging.INFO):  # Ray Data's per-run INFO lines only with -v
@@ -581,20 +575,46 @@ def _embed(
             max_restarts=ropts.max_retries,
             max_task_retries=ropts.max_retries,
         )
+    return ds
+
+
+def _progress(total: int, initial: int, workers: int) -> Any:
+    """Passages embedded across the cluster (Ray Data's own bars are off)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=f"embedding passages on Ray ({workers} workers)",
+        unit="passage",
+        unit_scale=True,
+        dynamic_ncols=True,
+    )
+
+
+def _embed(
+    ray: Any,
+    wd: Path,
+    work: Path,
+    todo: list[tuple[int, int, int]],
+    n: int,
+    dim: int,
+    work_dtype: str,
+    art: Any,
+    enc: _EncoderIdentity,
+    opts: BuildOptions,
+    ropts: RayOptions,
+    device: str,
+    nblocks: int,
+) -> int:
+    """Embed the ``todo`` blocks on the cluster; each lands in its rows of ``work``, durably,
+    before its shard is marked done. Returns the rows embedded."""
+    if not todo:
+        return 0
+    ds = _embedding_dataset(ray, wd, todo, work_dtype, art, enc, opts, ropts, device)
     stops = {b: e for b, _, e in todo}
     total_rows = sum(e - s for _, s, e in todo)
-    bar = None
-    if opts.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=n,
-            initial=n - total_rows,
-            desc=f"embedding passages on Ray ({ropts.workers} workers)",
-            unit="passage",
-            unit_scale=True,
-            dynamic_ncols=True,
-        )
+    bar = _progress(n, n - total_rows, ropts.workers) if opts.progress else None
     itemsize = np.dtype(work_dtype).itemsize
     done_rows = 0
     fd = os.open(work, os.O_WRONLY)
