@@ -1,6 +1,7 @@
 """Plots and the markdown summary of a ``ragrt bench`` result JSON.
 
-Regenerate them from a stored result without re-running anything::
+Regenerate them from a stored result without re-running anything (targets and distinct-token
+counts are re-derived with the current code; the JSON itself is not rewritten)::
 
     python -m ragrt.benchmarks.report benchmarks/results/bench_cpu.json
 
@@ -484,6 +485,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     src = Path(args[0])
     result = json.loads(src.read_text())
+    # derived figures follow the current code (targets, distinct tokens), samples stay as run
+    from ragrt.benchmarks.stats import diversity
+    from ragrt.benchmarks.targets import rederive
+
+    for run in result["runs"]:
+        run.setdefault("diversity", diversity(run.get("outputs") or []))
+    rederive(result)
     stem = src.stem
     paths = {"json": src}
     paths.update(plots(result, src.parent, stem))
