@@ -242,6 +242,73 @@ def test_incompatible_shards(flat_dir, tmp_path):
         PassageIndex.open([flat_dir, tmp_path / "i16"])
 
 
+def _overlapping_shards(corpus, tmp_path, ranges):
+    p, e, x = corpus
+    lines = p.read_text().splitlines(keepends=True)
+    dirs = []
+    for i, (a, b) in enumerate(ranges):
+        sp = tmp_path / f"s{i}.jsonl"
+        sp.write_text("".join(lines[a:b]))
+        np.save(tmp_path / f"s{i}.npy", x[a:b])
+        dirs.append(tmp_path / f"shard{i}")
+        build_index(sp, dirs[-1], embeddings=tmp_path / f"s{i}.npy", options=_opts(factory="Flat"))
+    return dirs
+
+
+def test_shards_sharing_a_passage_id_are_refused_naming_both(corpus, tmp_path):
+    # rows 1000..1099 in both shards: the same passage would come back twice
+    dirs = _overlapping_shards(corpus, tmp_path, [(0, 1100), (1000, 2000), (2000, 2100)])
+    with pytest.raises(ArtifactError, match=r"passage id 'p\d+' is in two shards") as e:
+        PassageIndex.open(dirs)
+    assert str(dirs[0]) in str(e.value) and str(dirs[1]) in str(e.value)
+    PassageIndex.open([dirs[0], dirs[2]])  # disjoint shards still open
+
+
+def test_shared_id_without_id_hashes_is_refused_when_found(corpus, tmp_path, queries):
+    # an index built before ragrt stored sorted id hashes: caught when a search returns both
+    dirs = _overlapping_shards(corpus, tmp_path, [(0, 1100), (1000, 2000)])
+    for d in dirs:
+        (d / "passages.idhash").unlink()
+        m = json.loads((d / "manifest.json").read_text())
+        del m["files"]["passages.idhash"]
+        (d / "manifest.json").write_text(json.dumps(m))
+    ix = PassageIndex.open(dirs)
+    _, _, x = corpus
+    with pytest.raises(ArtifactError, match=r"passage id 'p1050' is in two shards"):
+        ix.docs(ix.search(x[1050], 5))
+
+
+def test_build_refuses_nprobe_below_one(corpus, tmp_path):
+    p, e, _ = corpus
+    for bad in (0, -3):
+        with pytest.raises(InputError, match="--nprobe must be an integer >= 1"):
+            build_index(p, tmp_path / "i", embeddings=e, options=_opts(factory=IVFPQ, nprobe=bad))
+        assert not (tmp_path / "i").exists()
+
+
+def test_same_size_corruption_of_a_large_store_is_a_clean_error(
+    flat_dir, tmp_path, queries, monkeypatch
+):
+    # a store over 64 MiB is only size-checked when opened (hashing it would take seconds):
+    # stand in a small one by lowering the limit, flip bytes inside a passage, keep the size
+    import ragrt.artifacts
+
+    monkeypatch.setattr(ragrt.artifacts, "AUTO_HASH_BYTES", 16)
+    d = tmp_path / "idx"
+    shutil.copytree(flat_dir, d)
+    data = bytearray((d / "passages.data").read_bytes())
+    i = data.index(b"passage number 17")
+    data[i : i + 3] = b"\xff\xfe\xfd"
+    (d / "passages.data").write_bytes(bytes(data))
+    ix = PassageIndex.open(d)  # the default open check passes
+    with pytest.raises(ArtifactError, match=f"corrupt.*ragrt index info --verify {d}"):
+        ix.by_id("p17")
+    with pytest.raises(ArtifactError, match="passage row 17 is not valid UTF-8"):
+        ix.passages([17])
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        PassageIndex.open(d, verify="full")
+
+
 # -- manifest / encoder checks ---------------------------------------------------------------
 def _with_identity(m: IndexManifest) -> IndexManifest:
     m.embedding_model = {

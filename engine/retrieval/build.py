@@ -30,11 +30,12 @@ from ragrt.retrieval.faiss_index import (
 )
 from ragrt.retrieval.index_manifest import EMB_FILES, INDEX_FILE, KIND, METRIC, IndexManifest
 from ragrt.retrieval.passages import (
+    ID_HASHES_FILE,
     STORE_FILES,
     Passage,
     ReadStats,
     build_store,
-    count_lines,
+    count_rows,
     iter_passages,
 )
 from ragrt.retrieval.search import RERANK_FACTOR, RERANK_MIN, search_core
@@ -228,6 +229,12 @@ def build_index(
         raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
     if opts.train_size is not None and opts.train_size <= 0:
         raise InputError(f"--train-size must be >= 1, got {opts.train_size}")
+    if opts.nprobe is not None and (
+        isinstance(opts.nprobe, bool) or not isinstance(opts.nprobe, int) or opts.nprobe <= 0
+    ):
+        raise InputError(
+            f"--nprobe must be an integer >= 1 (IVF lists probed per query), got {opts.nprobe!r}"
+        )
     check_output(out, KIND, overwrite=opts.overwrite)
     art = None
     if model is not None:
@@ -281,7 +288,7 @@ def _build(
     # The work file holds every embedding between embedding and adding (and is the exact store
     # when kept). A flat index stores vectors as given, so it gets float32; IVF-PQ trains and
     # adds from float16 (halves the disk for 21M x 768) unless float32 exact scores are asked.
-    est_rows = len(pre) if pre is not None else count_lines(src)
+    est_rows = len(pre) if pre is not None else count_rows(src, opts.fmt)
     flat_expected = opts.factory == "Flat" or (opts.factory is None and est_rows < FLAT_BELOW)
     if flat_expected:
         work_dtype = "float32"
@@ -364,7 +371,7 @@ def _build(
 
     files = {
         r: file_record(tmp, r)
-        for r in [INDEX_FILE, *STORE_FILES] + ([exact["file"]] if exact else [])
+        for r in [INDEX_FILE, *STORE_FILES, ID_HASHES_FILE] + ([exact["file"]] if exact else [])
     }
     man = IndexManifest(
         dimension=dim,
