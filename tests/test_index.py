@@ -939,3 +939,46 @@ def test_calibration_on_given_question_embeddings(corpus, tmp_path, queries):
             options=_opts(factory=IVFPQ, calibration_queries=tmp_path / "bad.npy"),
         )
     _assert_nothing_left(tmp_path / "idx2")
+
+
+def test_corrupt_gz_with_an_encoder_is_an_input_error(tmp_path):
+    # with a model the builder first counts lines for the progress bar: that read must fail
+    # as cleanly as the passage reader does
+    import gzip
+
+    p = tmp_path / "c.jsonl.gz"
+    p.write_bytes(gzip.compress(b'{"id": 1, "text": "x"}\n' * 200)[:50])
+    enc = SimpleNamespace(name="fake", dim=4, precision="fp32", onnx_sha256=None)
+    with pytest.raises(InputError, match="cannot read"):
+        build_index(p, tmp_path / "i", encoder=enc, options=_opts())
+    _assert_nothing_left(tmp_path / "i")
+
+
+def test_progress_total_leaves_out_the_tsv_header(tmp_path, monkeypatch):
+    import ragrt.retrieval.build as build_mod
+
+    p, _, x = write_corpus(tmp_path / "c", 30, 8, fmt="tsv")
+    totals = []
+
+    class Bar:
+        def __init__(self, total=None, **kw):
+            totals.append(total)
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    enc = SimpleNamespace(
+        name="fake",
+        dim=8,
+        precision="fp32",
+        onnx_sha256=None,
+        encode=lambda items, **kw: x[: len(items)],
+    )
+    build_mod.build_index(p, tmp_path / "i", encoder=enc, options=_opts(progress=True))
+    assert totals == [30]  # 31 lines: the header is not a passage
