@@ -109,10 +109,10 @@ def print_result(
     sources, best first: rank, doc score, passage id and title (and the text of the first
     ``show_docs``)."""
     if as_json:
-        d = res.to_json_dict()
+        line = res.to_json_dict()
         if timings is not None:
-            d["timings"] = timings
-        print(json.dumps(d, ensure_ascii=False))
+            line["timings"] = timings
+        print(json.dumps(line, ensure_ascii=False))
         return
     print(f"Q: {res.question}")
     print(f"A: {res.text}")
