@@ -115,14 +115,16 @@ class RagEngine:
         """Resolve generation options once: the manifest's generation defaults, then
         ``overrides`` (``n_docs``, ``num_beams``, any :class:`GenerationParams` field), the
         mode defaulted to the checkpoint's class; validated here and nowhere else."""
-        return GenerationRequest.resolve(
+        req = GenerationRequest.resolve(
             self.defaults,
             max_positions=self.manifest.generator.max_positions,
             mode=mode,
             vocab_size=self.manifest.generator.vocab_size,
-            max_decoder_rows=self.max_decoder_rows,
+            max_decoder_rows=None,
             **overrides,
         )
+        self.retriever.check_n_docs(req.n_docs)  # the more specific error first
+        return req.check_decoder_rows(self.max_decoder_rows)
 
     def _resolve(self, request: GenerationRequest | None, **kwargs: Any) -> GenerationRequest:
         if request is None:

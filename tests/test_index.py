@@ -101,7 +101,13 @@ def test_flat_search_is_exact(flat_dir, corpus, queries):
     m = ix.manifest
     assert m.factory == "Flat" and m.scores == "exact" and m.passages == N and m.dimension == DIM
     assert m.metric == "inner_product" and m.exact_embeddings is None  # flat already stores them
-    assert set(m.files) == {INDEX_FILE, "passages.data", "passages.offsets", "passages.ids"}
+    assert set(m.files) == {
+        INDEX_FILE,
+        "passages.data",
+        "passages.offsets",
+        "passages.ids",
+        "passages.idhash",
+    }
     res = ix.search(queries, 10, return_embeddings=True)
     truth, tscores = exact_top(x, queries, 10)
     assert recall(res.rows, truth) == 1.0  # same docs; order equal up to float near-ties
@@ -146,7 +152,14 @@ def test_ivfpq_without_exact_embeddings(corpus, tmp_path, queries):
     )
     assert m.scores == "pq_approximate" and m.exact_embeddings is None and m.nprobe == 8
     assert sorted(os.listdir(out)) == sorted(
-        [INDEX_FILE, "manifest.json", "passages.data", "passages.ids", "passages.offsets"]
+        [
+            INDEX_FILE,
+            "manifest.json",
+            "passages.data",
+            "passages.ids",
+            "passages.idhash",
+            "passages.offsets",
+        ]
     )
     ix = PassageIndex.open(out)
     res = ix.search(queries, 5, return_embeddings=True)

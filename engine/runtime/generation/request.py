@@ -87,13 +87,9 @@ class GenerationRequest:
         params = GenerationParams.from_defaults(defaults, **plain)
         if vocab_size is not None:
             params.check_vocabulary(vocab_size)
-        rows = params.num_beams * params.n_docs
-        if max_decoder_rows is not None and rows > max_decoder_rows:
-            raise InputError(
-                f"num_beams={params.num_beams} x n_docs={params.n_docs} = {rows} decoder rows "
-                f"per question; at most {max_decoder_rows} are allowed (memory grows with "
-                "them): use fewer beams or docs"
-            )
+        req = cls(mode, params)
+        if max_decoder_rows is not None:
+            req.check_decoder_rows(max_decoder_rows)
         limit = max_positions - 1
         if limit <= 0:
             limit = MAX_NEW_TOKENS_NO_POSITIONS
@@ -102,7 +98,17 @@ class GenerationRequest:
                 f"max_new_tokens={params.max_new_tokens} is more than this generator can produce "
                 f"({limit}); ask for fewer"
             )
-        return cls(mode, params)
+        return req
+
+    def check_decoder_rows(self, limit: int) -> GenerationRequest:
+        """Refuse more than ``limit`` decoder rows (``num_beams * n_docs``) per question."""
+        if self.decoder_rows > limit:
+            raise InputError(
+                f"num_beams={self.num_beams} x n_docs={self.n_docs} = {self.decoder_rows} "
+                f"decoder rows per question; at most {limit} are allowed (memory grows with "
+                "them): use fewer beams or docs"
+            )
+        return self
 
     def with_n_docs(self, n_docs: int) -> GenerationRequest:
         """The same request over ``n_docs`` given docs (``generate_from_docs``)."""
