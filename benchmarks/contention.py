@@ -12,6 +12,10 @@ Systems: ``ragrt-<precision>`` (:class:`ragrt.engine.RagEngine`, end to end) and
 :mod:`ragrt.benchmarks.ctranslate2_peer`); ``ragrt-<precision>-spin`` re-opens ragrt with
 spinning ONNX Runtime threads (ragrt <= 0.1's setting) to show what the default changed.
 
+``ragrt bench --contention N`` runs :func:`run` on the headline workload of its own systems
+(the ragrt and CTranslate2 rows, same questions and contexts) and reports it beside the rest.
+This module's command line adds the spinning-threads variant.
+
 Usage (needs a quiet machine apart from the busy processes it starts itself)::
 
     python -m ragrt.benchmarks.contention --busy 2 --out benchmarks/results
@@ -27,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +82,8 @@ class Samples:
         }
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, float]:
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """Wall and CPU seconds (every thread of this process) of one call of ``fn``."""
     c0, t0 = time.process_time(), time.perf_counter()
     fn()
     return time.perf_counter() - t0, time.process_time() - c0
@@ -103,11 +108,11 @@ def run(
                 for i in range(calls):
                     k = (i + r) % len(names)
                     for name in names[k:] + names[:k]:  # rotate the order per call
-                        wall, cpu = _timed(lambda name=name, i=i: systems[name](i))
+                        wall, cpu = timed(lambda name=name, i=i: systems[name](i))
                         s = samples[name]
                         (s.loaded if loaded else s.quiet).append(wall)
                         (s.loaded_cpu if loaded else s.quiet_cpu).append(cpu)
-    return {name: s.summary() for name, s in samples.items()}
+    return {name: s.summary() | {"samples": asdict(s)} for name, s in samples.items()}
 
 
 def headline_systems(
@@ -133,7 +138,7 @@ def headline_systems(
             [questions[i % len(questions)]], n_docs=5, max_new_tokens=32, min_new_tokens=32
         )
         if preps is None:
-            preps = [eng._prepare([q], 5) for q in questions]
+            preps = [eng.prepare([q], 5) for q in questions]
         if spin:
             from ragrt.runtime.generator import Seq2SeqGenerator
 

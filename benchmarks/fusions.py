@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     from ragrt.benchmarks.harness import QUESTIONS
-    from ragrt.benchmarks.int8_schemes import _generator, plain_runs, rag_runs, trained
+    from ragrt.benchmarks.int8_schemes import generator, plain_runs, rag_runs, trained
     from ragrt.benchmarks.machine import machine_info
     from ragrt.benchmarks.models import prepare
     from ragrt.engine import RagEngine
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     g = json.loads((bm.art / "manifest.json").read_text())["generator"]
     fp32 = {r: bm.art / p for r, p in g["onnx"]["fp32"].items()}
     eng = RagEngine.load(bm.art, bm.index, intra_op_threads=1)
-    preps = [eng._prepare([q], 5) for q in QUESTIONS[:1]]
+    preps = [eng.prepare([q], 5) for q in QUESTIONS[:1]]
     params = GenerationParams(
         decoder_start_token_id=2,
         eos_token_id=2,
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         max_new_tokens=32,
         min_new_tokens=32,
     )
-    feeds = record_feeds(_generator(fp32), lambda gen: rag_runs(gen, preps, params))
+    feeds = record_feeds(generator(fp32), lambda gen: rag_runs(gen, preps, params))
     (work / "base").mkdir(exist_ok=True)
     res["bart-base (random weights)"] = compare(
         fp32, feeds, int(g["num_heads"]), int(g["d_model"]), work / "base"
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         max_new_tokens=12,
         min_new_tokens=12,
     )
-    tfeeds = record_feeds(_generator(tfp32), lambda gen: plain_runs(gen, ctx, tparams))
+    tfeeds = record_feeds(generator(tfp32), lambda gen: plain_runs(gen, ctx, tparams))
     (work / "trained").mkdir(exist_ok=True)
     res["trained copy model"] = compare(
         tfp32, tfeeds, int(cfg["decoder_attention_heads"]), int(cfg["d_model"]), work / "trained"

@@ -36,7 +36,7 @@ from ragrt.benchmarks.machine import (
     versions,
     wait_for_quiet,
 )
-from ragrt.benchmarks.stats import agreement, percentiles, summarize
+from ragrt.benchmarks.stats import agreement, diversity, percentiles, summarize
 from ragrt.benchmarks.systems import STAGES, Answer, Workload
 from ragrt.benchmarks.targets import evaluate_targets, floors, rederive, roofline_points
 from ragrt.errors import DeviceError, InputError
@@ -73,7 +73,15 @@ QUESTIONS = [
     "what is the difference between a deque and a list?",
 ]
 
-DEFAULT_SYSTEMS_CPU = ("reference", "optimum", "optimum-longest", "ragrt-fp32", "ragrt-int8")
+DEFAULT_SYSTEMS_CPU = (
+    "reference",
+    "optimum",
+    "optimum-longest",
+    "ragrt-fp32",
+    "ragrt-int8",
+    "ctranslate2-fp32",
+    "ctranslate2-int8",
+)
 DEFAULT_SYSTEMS_CUDA = ("reference", "optimum", "ragrt-fp32", "ragrt-fp16")
 HEADLINE = Workload(batch=1, n_docs=5, num_beams=1, new_tokens=32)
 
@@ -108,6 +116,8 @@ class Settings:
     pause_s: float = 0.05  # untimed pause before each call (threads of the last system idle)
     resume: bool = False  # continue a killed run with the same settings
     smoke: bool = False
+    contention: int = 0  # busy processes of the contention phase (0 = no contention phase)
+    contention_systems: list[str] | None = None  # default: the ragrt and CTranslate2 ones
 
     @classmethod
     def smoke_settings(cls, out: str) -> Settings:
@@ -182,6 +192,8 @@ def question_batches(w: Workload, per_repeat: int) -> list[list[str]]:
 
 # -- running ---------------------------------------------------------------------------------------
 def check_device(device: str, systems: list[str]) -> None:
+    if device != "cpu" and any(x.startswith("ctranslate2-") for x in systems):
+        raise InputError("the CTranslate2 peer runs on the CPU only: drop it with --device cuda")
     if device == "cpu":
         bad = [x for x in systems if x == "ragrt-fp16"]
         if bad:
@@ -287,12 +299,16 @@ class Bench:
                 for e in plan
                 if e.size == size and (size, json.dumps(e.workload.to_dict())) not in done
             ]
-            if not entries:
+            contend = self.contention_systems() if size == s.sizes[0] else []
+            if result.get("contention", {}).get("busy") == s.contention:
+                contend = []  # resumed after this contention phase
+            if not entries and not contend:
                 continue
             enc = "bert-tiny" if size == "bart-tiny" else s.encoder_size
             bm = prepare(enc, size, precisions, cache=Path(s.cache) if s.cache else None)
             result["models"][size] = self._model_info(bm, precisions)
             needed = list(dict.fromkeys(x for e in entries for x in e.systems))
+            needed += [x for x in contend if x not in needed]
             loaded = self._load_systems(bm, needed, threads, result["models"][size])
             try:
                 for e in entries:
@@ -300,6 +316,9 @@ class Bench:
                     result["load"]["during"].append(
                         {"size": size, "workload": e.workload.to_dict()} | load_snapshot()
                     )
+                    self._checkpoint(result, bm)
+                if contend:
+                    result["contention"] = self._contention(size, contend, loaded, threads)
                     self._checkpoint(result, bm)
             finally:
                 for sys_ in loaded.values():
@@ -309,6 +328,53 @@ class Bench:
         result["load"]["end"] = load_snapshot()
         rederive(result)
         return result
+
+    def contention_systems(self) -> list[str]:
+        """The systems of the contention phase (none without ``--contention``)."""
+        if not self.s.contention:
+            return []
+        if self.s.contention_systems:
+            return list(self.s.contention_systems)
+        return [x for x in self.systems if x.startswith(("ragrt-", "ctranslate2-"))]
+
+    def _contention(
+        self, size: str, names: list[str], loaded: dict[str, Any], threads: int
+    ) -> dict[str, Any]:
+        """The headline workload quiet and while ``--contention`` busy processes run
+        (:func:`ragrt.benchmarks.contention.run`: phases alternate per round, systems rotate
+        per call); per system the median latency of both and their ratio (the slowdown)."""
+        from ragrt.benchmarks import contention
+
+        s = self.s
+        w = Workload(**s.headline)
+        batches = question_batches(w, s.questions)
+        rounds = max(2, s.repeats)
+        self.log(
+            f"[{size}] contention: {', '.join(names)} quiet vs {s.contention} busy "
+            f"process(es); {rounds} rounds x {len(batches)} calls"
+        )
+        calls = {
+            name: (lambda i, sys_=loaded[name]: sys_.run(batches[i % len(batches)], w))
+            for name in names
+        }
+        start = load_snapshot()
+        res = contention.run(calls, len(batches), s.contention, rounds, warmup=0)
+        for name, r in res.items():
+            self.log(
+                f"    {name:16s} quiet {r['quiet_p50_s'] * 1000:8.1f} ms  loaded "
+                f"{r['loaded_p50_s'] * 1000:8.1f} ms  slowdown {r['slowdown']:.2f}x"
+            )
+        return {
+            "size": size,
+            "busy": s.contention,
+            "threads": threads,
+            "workload": w.to_dict(),
+            "rounds": rounds,
+            "calls": len(batches),
+            "load_start": start,
+            "load_end": load_snapshot(),
+            "systems": res,
+        }
 
     def _partial_path(self) -> Path:
         from ragrt.benchmarks.models import DEFAULT_CACHE
@@ -331,7 +397,9 @@ class Bench:
         except (OSError, ValueError):
             self.log(f"--resume: no partial results at {p}; starting afresh")
             return result, set()
+        # the contention phase is kept or re-run on its own (see run)
         ignore = {"out", "max_load", "wait_s", "resume", "plots", "tag"}
+        ignore |= {"contention", "contention_systems"}
 
         def key(st: dict[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in st.items() if k not in ignore}
@@ -371,12 +439,15 @@ class Bench:
     def _load_systems(
         self, bm: Any, names: list[str], threads: int, info: dict[str, Any]
     ) -> dict[str, Any]:
-        from ragrt.benchmarks.systems import RagrtSystem, TorchRagSystem
+        from ragrt.benchmarks.systems import Ct2System, RagrtSystem, TorchRagSystem
         from ragrt.retrieval.index import PassageIndex
 
         index = None
+        contexts = None  # the fp32 engine that builds CTranslate2's contexts
         loaded: dict[str, Any] = {}
         info["load_rss_mib"] = {}
+        # CTranslate2 last: it reuses ragrt-fp32's engine for its contexts when that is loaded
+        names = sorted(names, key=lambda n: n.startswith("ctranslate2-"))
         for name in names:
             gc.collect()
             before = rss_mib()
@@ -385,6 +456,10 @@ class Bench:
             if name.startswith("ragrt-"):
                 dev = _ragrt_device(self.s.device, self.tensorrt)
                 loaded[name] = RagrtSystem(bm, name.split("-", 1)[1], dev, threads)
+            elif name.startswith("ctranslate2-"):
+                if contexts is None:
+                    contexts = self._context_engine(bm, loaded, threads)
+                loaded[name] = Ct2System(bm, name.split("-", 1)[1], contexts, threads)
             elif name == "optimum-longest" and "optimum" in loaded:
                 loaded[name] = loaded["optimum"].sibling(name)  # same sessions, other padding
             else:
@@ -404,6 +479,15 @@ class Bench:
             info.setdefault("systems", {})[name] = getattr(loaded[name], "info", {})
         return loaded
 
+    @staticmethod
+    def _context_engine(bm: Any, loaded: dict[str, Any], threads: int) -> Any:
+        """ragrt-fp32's engine when it is loaded (same contexts), else a fp32 engine of its own."""
+        if "ragrt-fp32" in loaded:
+            return loaded["ragrt-fp32"].engine
+        from ragrt.engine import RagEngine
+
+        return RagEngine.load(bm.art, bm.index, precision="fp32", intra_op_threads=threads)
+
     def _run_entry(self, e: Entry, loaded: dict[str, Any], bm: Any) -> list[dict[str, Any]]:
         """Every system of ``e`` on the same question batches, interleaved; one run each."""
         s, w = self.s, e.workload
@@ -421,6 +505,12 @@ class Bench:
         base = "reference" if "reference" in names else (names[0] if names else None)
         runs = []
         for name in names:
+            # CTranslate2 decodes every context on its own: compare it with its fp32 self only
+            b = base
+            if name.startswith("ctranslate2-"):
+                b = "ctranslate2-fp32" if "ctranslate2-fp32" in names else None
+            elif b is not None and b.startswith("ctranslate2-"):
+                b = next((x for x in names if not x.startswith("ctranslate2-")), None)
             run = {
                 "size": e.size,
                 "groups": e.groups,
@@ -429,10 +519,11 @@ class Bench:
                 "stats": summarize(samples[name], w),
                 "samples": samples[name],
                 "outputs_changed_between_repeats": unstable[name],
+                "diversity": diversity(outputs[name]),
                 "outputs": outputs[name],
             }
-            if base and name != base:
-                run["agreement"] = agreement(outputs[base], outputs[name]) | {"baseline": base}
+            if b and name != b:
+                run["agreement"] = agreement(outputs[b], outputs[name]) | {"baseline": b}
             if name.startswith("ragrt-") and "optimum-longest" in names:
                 # the same generator tensors through optimum's ONNX Runtime loop
                 run["agreement_vs_optimum_longest"] = agreement(
@@ -502,6 +593,12 @@ def _add_speedups(runs: list[dict[str, Any]]) -> None:
             )
         if not r["system"].startswith("ragrt-"):
             continue
+        ct2 = by.get("ctranslate2-" + r["system"].split("-", 1)[1])
+        if ct2 is not None:  # ragrt end to end against CTranslate2's generator alone
+            r["speedup_vs_ctranslate2"] = ct2["stats"]["p50"] / r["stats"]["p50"]
+            r["generator_speedup_vs_ctranslate2"] = (
+                ct2["stats"]["generator_p50"] / r["stats"]["generator_p50"]
+            )
         for opt in ("optimum", "optimum-longest"):
             if opt in by:
                 r[f"generator_speedup_vs_{opt}"] = (
@@ -548,7 +645,7 @@ def main(s: Settings, tensorrt: bool = False, log=print) -> dict[str, Any]:
         mark = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
         v = t["value"]
         log(
-            f"target {mark:6s} {t['target']}: {v:.3g} (goal {'>=' if t['higher_is_better'] else '<'}"
+            f"target {mark:6s} {t['target']}: {v:.3g} (goal {'>=' if t['higher_is_better'] else '<='}"
             f" {t['goal']}) {t['note']}"
             if v is not None
             else f"target n/a {t['target']}"
@@ -564,6 +661,7 @@ __all__ = [
     "Settings",
     "agreement",
     "build_plan",
+    "diversity",
     "evaluate_targets",
     "floors",
     "load_snapshot",

@@ -167,7 +167,8 @@ def record_feeds(gen: Any, run: Callable[[Any], None]) -> dict[str, list[dict[st
 
 
 # -- measuring --------------------------------------------------------------------------------
-def _generator(paths: dict[str, Path], threads: int = 1) -> Any:
+def generator(paths: dict[str, Path], threads: int = 1) -> Any:
+    """A :class:`~ragrt.runtime.generator.Seq2SeqGenerator` over one scheme's three graphs."""
     from ragrt.runtime.generator import Seq2SeqGenerator
     from ragrt.runtime.sessions import SessionOptions
 
@@ -257,8 +258,8 @@ def bart_base(work: Path, names: list[str], questions: int, repeats: int) -> dic
     g = man["generator"]
     fp32 = {r: bm.art / p for r, p in g["onnx"]["fp32"].items()}
     eng = RagEngine.load(bm.art, bm.index, intra_op_threads=1)
-    preps = [eng._prepare([q], 5) for q in QUESTIONS[:questions]]
-    calib_preps = [eng._prepare([q], 5) for q in QUESTIONS[-4:]]
+    preps = [eng.prepare([q], 5) for q in QUESTIONS[:questions]]
+    calib_preps = [eng.prepare([q], 5) for q in QUESTIONS[-4:]]
     del eng
     params = GenerationParams(
         decoder_start_token_id=2,
@@ -268,7 +269,7 @@ def bart_base(work: Path, names: list[str], questions: int, repeats: int) -> dic
         min_new_tokens=32,
         n_docs=5,
     )
-    base = _generator(fp32)
+    base = generator(fp32)
     calib = record_feeds(base, lambda gen: rag_runs(gen, calib_preps, params))
     ref, _ = rag_runs(base, preps, params)
     out: dict[str, Any] = {"fp32": _measure(base, preps, params, ref, repeats, _bytes(fp32))}
@@ -279,13 +280,13 @@ def bart_base(work: Path, names: list[str], questions: int, repeats: int) -> dic
     for r in ROLES:
         if not fused[r].exists():
             fused_ops[r] = fuse(fp32[r], fused[r], int(g["num_heads"]), int(g["d_model"]))
-    gen = _generator(fused)
+    gen = generator(fused)
     out["fused-fp32"] = _measure(gen, preps, params, ref, repeats, _bytes(fused))
     out["fused-fp32"]["fused_ops"] = fused_ops
     del gen
     if _has_openvino():
         for hint in ("bf16", "f32"):
-            gen = openvino(_generator(fp32), fp32, hint)
+            gen = openvino(generator(fp32), fp32, hint)
             out[f"openvino-{hint}"] = _measure(gen, preps, params, ref, repeats, _bytes(fp32))
             print(f"openvino-{hint}", json.dumps(out[f"openvino-{hint}"]), flush=True)
             del gen
@@ -294,7 +295,7 @@ def bart_base(work: Path, names: list[str], questions: int, repeats: int) -> dic
         base_name = name.removeprefix("fused-")
         src = fused if name.startswith("fused-") else None
         paths = build(name, conv[base_name], fp32, work / name, src)
-        gen = _generator(paths)
+        gen = generator(paths)
         out[name] = _measure(gen, preps, params, ref, repeats, _bytes(paths))
         del gen
         print(name, json.dumps(out[name]), flush=True)
@@ -351,7 +352,7 @@ def trained(work: Path, names: list[str], contexts_n: int = 48) -> dict[str, Any
         pad_token_id=int(cfg.pad_token_id),
         max_new_tokens=16,
     )
-    base = _generator(fp32)
+    base = generator(fp32)
     ref, _ = plain_runs(base, contexts, params)
     with torch.no_grad():
         from transformers import GenerationConfig
@@ -389,18 +390,18 @@ def trained(work: Path, names: list[str], contexts_n: int = 48) -> dict[str, Any
     for r in ROLES:
         if not fused[r].exists():
             fuse(fp32[r], fused[r], int(cfg.decoder_attention_heads), int(cfg.d_model))
-    got, _ = plain_runs(_generator(fused), contexts, params)
+    got, _ = plain_runs(generator(fused), contexts, params)
     out["fused-fp32"] = _agreement(ref, got)
     if _has_openvino():
         for hint in ("bf16", "f32"):
-            got, _ = plain_runs(openvino(_generator(fp32), fp32, hint), contexts, params)
+            got, _ = plain_runs(openvino(generator(fp32), fp32, hint), contexts, params)
             out[f"openvino-{hint}"] = _agreement(ref, got)
             print("trained", f"openvino-{hint}", json.dumps(out[f"openvino-{hint}"]), flush=True)
     for name in names:
         base_name = name.removeprefix("fused-")
         srcs = fused if name.startswith("fused-") else None
         paths = build(name, conv[base_name], fp32, work / ("trained-" + name), srcs)
-        got, _ = plain_runs(_generator(paths), contexts, params)
+        got, _ = plain_runs(generator(paths), contexts, params)
         out[name] = _agreement(ref, got)
         print("trained", name, json.dumps(out[name]), flush=True)
     return out

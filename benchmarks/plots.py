@@ -31,6 +31,7 @@ def plots(result: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
         ("stages", _stages),
         ("roofline", _roofline_plot),
         ("sweeps", _sweeps_plot),
+        ("contention", _contention_plot),
     ):
         fig = draw(result, where)
         if fig is None:
@@ -61,7 +62,7 @@ def _latency(result: dict[str, Any], where: str) -> Any:
         p90 = [r["stats"]["p90"] for r in runs]
         p99 = [r["stats"]["p99"] for r in runs]
         y = range(len(runs))
-        ax.barh(y, p50, color=["#888" if n in ("reference",) else "#4a7" for n in names])
+        ax.barh(y, p50, color=[_bar_color(n) for n in names])
         ax.errorbar(p90, y, fmt="|", color="k", ms=10, label="p90")
         ax.errorbar(p99, y, fmt="x", color="r", ms=5, label="p99")
         for i, r in enumerate(runs):
@@ -77,6 +78,38 @@ def _latency(result: dict[str, Any], where: str) -> Any:
         )
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"RAG-Token end-to-end latency ({where})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _bar_color(system: str) -> str:
+    """Grey: transformers; blue: CTranslate2 (generator alone); green: ragrt and optimum."""
+    if system == "reference":
+        return "#888"
+    return "#58b" if system.startswith("ctranslate2-") else "#4a7"
+
+
+def _contention_plot(result: dict[str, Any], where: str) -> Any:
+    """Quiet and loaded p50 per system of the contention phase (None without one)."""
+    import matplotlib.pyplot as plt
+
+    c = result.get("contention")
+    if not c:
+        return None
+    names = system_order(list(c["systems"]))
+    quiet = [c["systems"][n]["quiet_p50_s"] * 1000 for n in names]
+    loaded = [c["systems"][n]["loaded_p50_s"] * 1000 for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(names) + 1.6))
+    y = list(range(len(names)))
+    ax.barh([v - 0.2 for v in y], quiet, height=0.4, color="#4a7", label="quiet")
+    ax.barh([v + 0.2 for v in y], loaded, height=0.4, color="#c55", label=f"{c['busy']} busy")
+    for i, n in enumerate(names):
+        ax.text(loaded[i], i + 0.2, f" {c['systems'][n]['slowdown']:.2f}x", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("p50 latency per call (ms); label = loaded / quiet")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{c['size']} headline under contention ({where})", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -1,6 +1,7 @@
 """Plots and the markdown summary of a ``ragrt bench`` result JSON.
 
-Regenerate them from a stored result without re-running anything::
+Regenerate them from a stored result without re-running anything (targets and distinct-token
+counts are re-derived with the current code; the JSON itself is not rewritten)::
 
     python -m ragrt.benchmarks.report benchmarks/results/bench_cpu.json
 
@@ -50,7 +51,7 @@ def summary_markdown(result: dict[str, Any], paths: dict[str, Path] | None = Non
     md = _header(result) + _targets(result)
     for size in result["settings"]["sizes"]:
         md += _size_section(result, size)
-    md += _sweeps(result) + _roofline(result) + _floors(result)
+    md += _contention(result) + _sweeps(result) + _roofline(result) + _floors(result)
     if paths:
         md.append("\n## Plots\n")
         md += [f"![{k[5:]}]({Path(p).name})" for k, p in paths.items() if k.startswith("plot_")]
@@ -119,12 +120,11 @@ def _targets(result: dict[str, Any]) -> list[str]:
     rows = []
     for t in result["targets"]:
         val = t["value"]
-        goal = ("≥ " if t["higher_is_better"] else "< ") + (
-            f"{t['goal']:.0%}" if not t["higher_is_better"] else f"{t['goal']}x"
+        pct = t.get("unit", "x" if t["higher_is_better"] else "%") == "%"
+        goal = ("≥ " if t["higher_is_better"] else "≤ ") + (
+            f"{t['goal']:.0%}" if pct else f"{t['goal']}x"
         )
-        shown = (
-            "-" if val is None else (f"{val:.1%}" if not t["higher_is_better"] else f"{val:.2f}x")
-        )
+        shown = "-" if val is None else (f"{val:.1%}" if pct else f"{val:.2f}x")
         verdict = {True: "met", False: "**missed**", None: "n/a"}[t["met"]]
         by = t.get("ratio_to_goal")
         rows.append(
@@ -147,7 +147,11 @@ def _size_section(result: dict[str, Any], size: str) -> list[str]:
     md = [
         f"\n## {size} (+ {mi.get('encoder_size')} DPR): headline workload\n\n"
         "Latency per call (one question), throughput, memory and agreement with the "
-        "reference (same questions, own retrieval per system).",
+        "reference (same questions, own retrieval per system). CTranslate2 rows: the "
+        "generator alone on ragrt-fp32's contexts (agreement: against ctranslate2-fp32); "
+        "'vs CT2' = CTranslate2's p50 over ragrt's at the same precision. 'distinct' = "
+        "distinct token ids over all answers / per answer (mean): agreement means little "
+        "when answers repeat one token.",
         "\n" + _headline_table(runs, mi),
     ]
     md += _agreement_details(runs)
@@ -170,6 +174,7 @@ def _headline_table(runs: list[dict[str, Any]], mi: dict[str, Any]) -> str:
                 _ms(st["p99"]),
                 f"{st['tokens_per_s']:.1f}",
                 _x(r.get("speedup_vs_reference")),
+                _x(r.get("speedup_vs_ctranslate2")),
                 _ms(st["generator_p50"]),
                 _x(r.get("generator_speedup_vs_reference")),
                 f"{(load.get('resident_mib') or load.get('rss_increase') or 0):.0f}",
@@ -177,11 +182,19 @@ def _headline_table(runs: list[dict[str, Any]], mi: dict[str, Any]) -> str:
                 _pct(ag.get("identical_sequences")) if ag else "baseline",
                 _pct(ag.get("token_agreement")) if ag else "-",
                 _pct(ag.get("same_docs")) if ag else "-",
+                _distinct(r),
             ]
         )
-    head = ["system", "p50 ms", "p90 ms", "p99 ms", "tok/s", "vs ref", "generator ms"]
+    head = ["system", "p50 ms", "p90 ms", "p99 ms", "tok/s", "vs ref", "vs CT2", "generator ms"]
     head += ["gen vs ref", "resident MiB", "call peak +MiB", "identical seqs", "token agr."]
-    return _table([*head, "same docs"], rows)
+    return _table([*head, "same docs", "distinct"], rows)
+
+
+def _distinct(r: dict[str, Any]) -> str:
+    d = r.get("diversity") or {}
+    if not d.get("answers"):
+        return "-"
+    return f"{d['distinct_total']} / {d['distinct_per_answer_mean']:.1f}"
 
 
 def _agreement_details(runs: list[dict[str, Any]]) -> list[str]:
@@ -197,7 +210,8 @@ def _agreement_details(runs: list[dict[str, Any]]) -> list[str]:
         divs = (r.get("agreement") or {}).get("divergences") or []
         if divs:
             shown = ", ".join(_divergence(d) for d in divs[:6])
-            bits.append(f"{len(divs)} question(s) differ from the reference: first at {shown}")
+            base = (r.get("agreement") or {}).get("baseline", "reference")
+            bits.append(f"{len(divs)} question(s) differ from {base}: first at {shown}")
         if bits:
             lines.append(f"- `{r['system']}`: " + "; ".join(bits) + ".")
     if not lines:
@@ -292,11 +306,44 @@ def _sweeps(result: dict[str, Any]) -> list[str]:
                     _f2(st.get("step_ms")),
                     _pct(st.get("overhead_fraction")),
                     (f"{ag['baseline']}: " + _pct(ag.get("identical_sequences"))) if ag else "-",
+                    _distinct(r),
                 ]
             )
         head = [label, "system", "p50 ms", "p90 ms", "questions/s", "tok/s", "vs ref"]
-        md.append(_table([*head, "step ms", "outside %", "identical seqs"], rows))
+        md.append(_table([*head, "step ms", "outside %", "identical seqs", "distinct"], rows))
     return md
+
+
+def _contention(result: dict[str, Any]) -> list[str]:
+    c = result.get("contention")
+    if not c:
+        return []
+    rank = {n: i for i, n in enumerate(SYSTEM_ORDER)}
+    rows = []
+    for name in sorted(c["systems"], key=lambda n: rank.get(n, 99)):
+        x = c["systems"][name]
+        rows.append(
+            [
+                name,
+                _ms(x["quiet_p50_s"]),
+                _ms(x["loaded_p50_s"]),
+                f"**{x['slowdown']:.2f}x**",
+                _ms(x["quiet_cpu_s"]),
+                _ms(x["loaded_cpu_s"]),
+                str(x["calls"]),
+            ]
+        )
+    w = c["workload"]
+    head = ["system", "quiet p50 ms", "loaded p50 ms", "slowdown", "quiet CPU ms"]
+    return [
+        f"\n## Under load: {c['size']} headline with {c['busy']} busy process(es)\n\n"
+        f"The headline workload (batch {w['batch']}, {w['n_docs']} docs, {w['new_tokens']} "
+        f"tokens) on a quiet machine and while {c['busy']} pure-Python busy loops compete "
+        f"for the cores ({c['threads']} threads per system); phases alternate over "
+        f"{c['rounds']} rounds, systems rotate per call. Slowdown = loaded p50 / quiet p50; "
+        "CPU ms = CPU time of this process per call (all threads).",
+        "\n" + _table([*head, "loaded CPU ms", "calls (each phase)"], rows),
+    ]
 
 
 def _roofline(result: dict[str, Any]) -> list[str]:
@@ -397,7 +444,11 @@ HOW_MEASURED = (
     "`RagRetriever.postprocess_docs` padded to 300, doc scores `q . d` in torch. "
     "`optimum`: the same pipeline with optimum's `ORTModelForSeq2SeqLM` (ragrt's own fp32 "
     "graphs) as the generator; `optimum-longest` pads contexts to the longest instead of "
-    "300 (the exact tensors ragrt feeds its generator). `ragrt-*`: `RagEngine.generate`.\n"
+    "300 (the exact tensors ragrt feeds its generator). `ragrt-*`: `RagEngine.generate`. "
+    "`ctranslate2-*`: the same generator converted to CTranslate2 (float32 / int8), decoding "
+    "ragrt-fp32's contexts for the same questions greedily, each context on its own, for the "
+    "same forced length in one `translate_batch` call: the generator's share of the work "
+    "without the doc marginalization; its clock covers that call only.\n"
     "- Models: published DPR (BERT-base) and BART configurations, BART's 50265-token "
     "vocabulary included, with seeded random weights (generator init std 0.2, so that "
     "answers depend on the question); generator tokenizer: a byte-level BPE trained "
@@ -434,6 +485,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     src = Path(args[0])
     result = json.loads(src.read_text())
+    # derived figures follow the current code (targets, distinct tokens), samples stay as run
+    from ragrt.benchmarks.stats import diversity
+    from ragrt.benchmarks.targets import rederive
+
+    for run in result["runs"]:
+        run.setdefault("diversity", diversity(run.get("outputs") or []))
+    rederive(result)
     stem = src.stem
     paths = {"json": src}
     paths.update(plots(result, src.parent, stem))

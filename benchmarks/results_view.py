@@ -19,6 +19,8 @@ SYSTEM_ORDER = [
     "ragrt-fp32",
     "ragrt-fp16",
     "ragrt-int8",
+    "ctranslate2-fp32",
+    "ctranslate2-int8",
 ]
 
 

@@ -54,6 +54,25 @@ def summarize(samples: list[dict[str, Any]], w: Workload) -> dict[str, Any]:
     return st
 
 
+def diversity(outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How varied a system's answers are: agreement between two systems means little when both
+    repeat one token (a random model's attractor), so every table shows this beside it.
+
+    ``distinct_total``: distinct token ids over every answer; ``distinct_per_answer_mean``:
+    distinct ids within one answer, averaged; ``repeated_answers``: answers made of a single
+    token id (after the first, which is BART's forced BOS).
+    """
+    answers = [ids for call in outputs for ids in call["token_ids"]]
+    if not answers:
+        return {"answers": 0, "distinct_total": 0, "distinct_per_answer_mean": None}
+    return {
+        "answers": len(answers),
+        "distinct_total": len({t for a in answers for t in a}),
+        "distinct_per_answer_mean": float(np.mean([len(set(a)) for a in answers])),
+        "repeated_answers": sum(len(set(a[1:])) <= 1 for a in answers),
+    }
+
+
 def agreement(base: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:
     """Agreement of ``other``'s answers with ``base``'s over the same calls.
 

@@ -10,6 +10,12 @@ encoding, retrieval, context building, generation) and reports where its time we
   transformers' RAG-Token loop drives ONNX Runtime; ``optimum-longest`` additionally pads the
   contexts to the longest one, i.e. feeds the generator exactly the tensors ragrt feeds it.
 - ``ragrt-<precision>``: :meth:`ragrt.engine.RagEngine.generate`.
+- ``ctranslate2-<precision>``: CTranslate2 running the same generator (converted,
+  :mod:`ragrt.benchmarks.ctranslate2_peer`) *alone* on the contexts ragrt-fp32 builds for the
+  same questions: every context decoded greedily for the same forced number of tokens. Its
+  latency is the generator call only (retrieval and context building happen before the clock
+  starts, once per question batch); CTranslate2 cannot marginalize over documents, so this is
+  slightly less work than any RAG-Token system does.
 
 ragrt's stage times come from the engine's stage hooks (:mod:`ragrt.tracing`); model time inside
 the decode loops is measured by wrapping *instances* (ONNX Runtime sessions, the decoder step,
@@ -520,10 +526,94 @@ class TorchRagSystem:
         gc.collect()
 
 
+# -- CTranslate2 --------------------------------------------------------------------------------
+class Ct2System:
+    """CTranslate2 on the generator's share of a RAG call (see the module docstring).
+
+    ``contexts`` is a ragrt engine (fp32) whose :meth:`~ragrt.engine.RagEngine.prepare` builds
+    the contexts; they are cached per (questions, n_docs), so only the first call of a batch
+    pays for retrieval and no call times it. Token ids of an answer are the greedy outputs of
+    its ``n_docs`` contexts, concatenated in retrieval order (compared with
+    ``ctranslate2-fp32``'s, not with the RAG systems': it is different work).
+    """
+
+    family = "ctranslate2"
+
+    def __init__(self, bm: Any, precision: str, contexts: Any, threads: int = 0) -> None:
+        from ragrt.benchmarks import ctranslate2_peer as cp
+        from ragrt.runtime.sessions import cpu_threads
+
+        if precision not in cp.QUANTIZATIONS:
+            raise ValueError(f"CTranslate2 precision {precision!r} not in {list(cp.QUANTIZATIONS)}")
+        self.name = f"ctranslate2-{precision}"
+        self.precision = precision
+        gen_dir = cp.generator_folder(bm.ckpt, bm.root / "generator")
+        model = cp.convert(gen_dir, bm.root / f"ct2-{precision}", precision)
+        self.generator = cp.Ct2Generator(model, precision, threads or cpu_threads())
+        self.contexts = contexts
+        self._prepared: dict[tuple[tuple[str, ...], int], Any] = {}
+        self.info = {
+            "device": "cpu",
+            "compute_type": cp.QUANTIZATIONS[precision],
+            "model_dir": str(model),
+            "work": "generator alone on ragrt-fp32's contexts, greedy per context",
+        }
+
+    def prepared(self, questions: list[str], n_docs: int) -> Any:
+        """ragrt-fp32's generator inputs for ``questions`` (cached)."""
+        key = (tuple(questions), n_docs)
+        if key not in self._prepared:
+            self._prepared[key] = self.contexts.prepare(questions, n_docs)
+        return self._prepared[key]
+
+    def run(self, questions: list[str], w: Workload) -> Answer:
+        if w.num_beams != 1:
+            raise ValueError("the CTranslate2 peer decodes greedily (num_beams 1) only")
+        inp = self.prepared(questions, w.n_docs)
+        t0 = perf_counter()
+        out = self.generator.generate(inp.context_ids, inp.context_mask, w.new_tokens)
+        latency = perf_counter() - t0
+        n = w.n_docs
+        token_ids = [
+            [t for seq in out.token_ids[i * n : (i + 1) * n] for t in seq]
+            for i in range(len(questions))
+        ]
+        stages: dict[str, Any] = {
+            "question_encoding": 0.0,
+            "search": 0.0,
+            "contexts": 0.0,
+            "generator": latency,
+            "generator_encoder": 0.0,  # CTranslate2 does not split encoder and decoder
+            "decode_ort": latency,
+            "decode_overhead": 0.0,
+            "decode_loop": latency,
+            "decode_steps": w.new_tokens,
+        }
+        return Answer(
+            token_ids,
+            [[d.id for d in docs] for docs in inp.docs],
+            [0.0] * len(questions),  # no sequence score: compare token ids only
+            latency,
+            stages,
+            {"context_len": int(inp.context_ids.shape[1]), "contexts": len(out.token_ids)},
+        )
+
+    def close(self) -> None:
+        del self.generator
+        self._prepared.clear()
+        gc.collect()
+
+
 def make_system(
     name: str, bm: Any, index: Any, device: str = "cpu", threads: int = 0
-) -> RagrtSystem | TorchRagSystem:
-    """``reference`` | ``optimum`` | ``optimum-longest`` | ``ragrt-<precision>``."""
+) -> RagrtSystem | TorchRagSystem | Ct2System:
+    """``reference`` | ``optimum`` | ``optimum-longest`` | ``ragrt-<precision>`` |
+    ``ctranslate2-<precision>`` (with its own fp32 engine for the contexts)."""
     if name.startswith("ragrt-"):
         return RagrtSystem(bm, name.split("-", 1)[1], device, threads)
+    if name.startswith("ctranslate2-"):
+        from ragrt.engine import RagEngine
+
+        eng = RagEngine.load(bm.art, bm.index, precision="fp32", intra_op_threads=threads)
+        return Ct2System(bm, name.split("-", 1)[1], eng, threads)
     return TorchRagSystem(bm, index, name, device, threads)

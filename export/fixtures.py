@@ -14,6 +14,7 @@ import inspect
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ragrt.runtime.stack import require
 
@@ -207,35 +208,49 @@ def bart_generator(
     Real sizes (bart-base/large) keep the published init for benchmarks.
     """
     import torch
-    from transformers import BartConfig, BartForConditionalGeneration
+    from transformers import BartForConditionalGeneration
 
     tiny = size == "bart-tiny"
     torch.manual_seed(seed)
-    cfg = BartConfig(
+    cfg = bart_config(vocab_size, size, init_std if tiny else 0.02, tied=not tiny)
+    model = BartForConditionalGeneration(cfg).eval()
+    if tiny:
+        with torch.no_grad():
+            model.model.decoder.embed_positions.weight.mul_(position_scale)
+        own_token_embeddings(model)
+    return model
+
+
+def bart_config(vocab_size: int, size: str, init_std: float, tied: bool) -> Any:
+    """The BartConfig of every fixture generator: ``size``'s published shape (BART_SIZES),
+    BART's special ids (bos 0, pad 1, eos 2, decoder start 2) and forced BOS/EOS."""
+    from transformers import BartConfig
+
+    return BartConfig(
         vocab_size=vocab_size,
         max_position_embeddings=1024,
-        init_std=init_std if tiny else 0.02,
+        init_std=init_std,
         bos_token_id=0,
         pad_token_id=1,
         eos_token_id=2,
         decoder_start_token_id=2,
         forced_bos_token_id=0,
         forced_eos_token_id=2,
-        tie_word_embeddings=not tiny,
+        tie_word_embeddings=tied,
         **BART_SIZES[size],
     )
-    model = BartForConditionalGeneration(cfg).eval()
-    if tiny:
-        with torch.no_grad():
-            model.model.decoder.embed_positions.weight.mul_(position_scale)
-        # Without tying, the encoder/decoder token embeddings still share `shared`'s tensor;
-        # save_pretrained would store it once and a reload would re-initialise the others
-        # at random. Give each its own copy so the checkpoint reloads exactly.
-        for stack in (model.model.encoder, model.model.decoder):
-            stack.embed_tokens.weight = torch.nn.Parameter(
-                model.model.shared.weight.detach().clone()
-            )
-    return model
+
+
+def own_token_embeddings(model: Any) -> None:
+    """Give an untied BART's encoder and decoder token embeddings their own tensors.
+
+    Without tying, they still share ``shared``'s tensor; save_pretrained would store it once
+    and a reload would re-initialise the others at random. A copy each reloads exactly.
+    """
+    import torch
+
+    for stack in (model.model.encoder, model.model.decoder):
+        stack.embed_tokens.weight = torch.nn.Parameter(model.model.shared.weight.detach().clone())
 
 
 def t5_generator(vocab_size: int, size: str = "t5-tiny", seed: int = 0, init_factor: float = 8.0):

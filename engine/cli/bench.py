@@ -1,7 +1,8 @@
-"""``ragrt bench``: latency/throughput of ragrt against transformers and optimum (one process).
+"""``ragrt bench``: latency/throughput of ragrt against transformers, optimum and CTranslate2
+(one process), optionally under contention for the cores.
 
 The code lives in ``ragrt.benchmarks`` (the repository's ``benchmarks/`` folder) and needs the
-``export`` and ``dev`` extras (torch, transformers, optimum, onnx, matplotlib).
+``export`` and ``dev`` extras (torch, transformers, optimum, onnx, matplotlib, ctranslate2).
 """
 
 from __future__ import annotations
@@ -30,19 +31,58 @@ def _names(text: str) -> list[str]:
 
 
 SIZES = ("bart-tiny", "bart-base", "bart-large")
-SYSTEMS = ("reference", "optimum", "optimum-longest", "ragrt-fp32", "ragrt-fp16", "ragrt-int8")
+SYSTEMS = (
+    "reference",
+    "optimum",
+    "optimum-longest",
+    "ragrt-fp32",
+    "ragrt-fp16",
+    "ragrt-int8",
+    "ctranslate2-fp32",
+    "ctranslate2-int8",
+)
+
+EPILOG = """\
+examples:
+  ragrt bench --smoke                      seconds: tiny models, every system and sweep kind
+  ragrt bench --sizes bart-base --max-load 0.5 --wait 600
+                                           the headline with every peer (transformers,
+                                           optimum, ragrt fp32/int8, CTranslate2 fp32/int8),
+                                           then the batch / n_docs / beams / length sweeps
+  ragrt bench --sizes bart-base --batch-sizes 1 --n-docs 5 --num-beams 1 --new-tokens 32 \\
+      --contention 2 --tag loaded          the headline alone, then again quiet vs 2 busy
+                                           processes (ragrt and CTranslate2 side by side)
+
+systems: reference = transformers RagTokenForGeneration; optimum = the same with optimum's
+ORTModelForSeq2SeqLM generator (optimum-longest: contexts padded to the longest, the tensors
+ragrt feeds); ragrt-<fp32|int8|fp16> = RagEngine.generate; ctranslate2-<fp32|int8> = the same
+generator converted to CTranslate2, decoding ragrt-fp32's contexts alone (no marginalization,
+its clock covers the generator call only).
+
+output (--out, default benchmarks/results): bench_<device>[_<tag>].json (settings, machine,
+every sample, token ids, targets), PNG plots (latency, throughput, stages, roofline, sweeps,
+contention) and SUMMARY.md (or <stem>_SUMMARY.md with --tag): every issue-12 target with its
+verdict (met / missed and the ratio), the headline tables with agreement and distinct tokens,
+the contention table, sweeps, roofline and physical floor. Regenerate the summary and plots
+from a JSON with: python -m ragrt.benchmarks.report <json>.
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmark ragrt against transformers and optimum (latency, throughput, roofline)",
+        help="benchmark ragrt against transformers, optimum and CTranslate2 (latency, "
+        "throughput, contention, roofline, targets)",
         description=(
-            "Run ragrt, transformers' RagTokenForGeneration and optimum's ORTModelForSeq2SeqLM "
-            "in one process on the same questions, retrieved docs and output length; write "
-            "JSON, PNG plots and SUMMARY.md. Models are published DPR/BART configurations with "
-            "seeded random weights, built once into --cache (no download)."
+            "Run ragrt, transformers' RagTokenForGeneration, optimum's ORTModelForSeq2SeqLM and "
+            "CTranslate2 in one process on the same questions, retrieved docs and output "
+            "length, interleaved; optionally the headline again while busy processes compete "
+            "for the cores (--contention); write JSON, PNG plots and SUMMARY.md with the "
+            "targets' verdicts. Models are published DPR/BART configurations with seeded "
+            "random weights, built once into --cache (no download)."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--sizes",
@@ -57,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--systems",
         type=_names,
         help="systems to compare (default cpu: reference,optimum,optimum-longest,ragrt-fp32,"
-        "ragrt-int8; cuda: reference,optimum,ragrt-fp32,ragrt-fp16)",
+        "ragrt-int8,ctranslate2-fp32,ctranslate2-int8; cuda: reference,optimum,ragrt-fp32,"
+        "ragrt-fp16)",
     )
     p.add_argument("--batch-sizes", type=_ints, default=[1, 4, 16], help="batch sweep (1,4,16)")
     p.add_argument("--n-docs", type=_ints, default=[1, 5, 10], help="n_docs sweep (1,5,10)")
@@ -79,6 +120,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--questions", type=int, default=8, help="question batches per repeat at batch 1 (8)"
     )
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per system (1)")
+    p.add_argument(
+        "--contention",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the runs of the first size, its headline again on a quiet machine and "
+        "while N busy processes compete for the cores (slowdown per system; 0 = skip)",
+    )
+    p.add_argument(
+        "--contention-systems",
+        type=_names,
+        help="systems of the contention phase (default: the ragrt and CTranslate2 ones)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu (default) | cuda")
     p.add_argument(
         "--tensorrt",
@@ -127,11 +181,18 @@ def run(args: argparse.Namespace) -> int:
     for name in args.sizes:
         if name not in SIZES:
             raise InputError(f"unknown size {name!r}: choose from {', '.join(SIZES)}")
-    for name in (args.systems or []) + (args.batch_systems or []) + (args.sweep_systems or []):
+    named = (args.systems or []) + (args.batch_systems or []) + (args.sweep_systems or [])
+    for name in named + (args.contention_systems or []):
         if name not in SYSTEMS:
             raise InputError(f"unknown system {name!r}: choose from {', '.join(SYSTEMS)}")
     if args.repeats <= 0 or args.questions <= 0 or args.warmup < 0:
         raise InputError("--repeats and --questions must be >= 1, --warmup >= 0")
+    if args.contention < 0:
+        raise InputError("--contention must be >= 0 (busy processes)")
+    if args.contention_systems and args.systems:
+        extra = [x for x in args.contention_systems if x not in args.systems]
+        if extra:
+            raise InputError(f"--contention-systems {','.join(extra)} not in --systems")
     if args.tensorrt and args.device != "cuda":
         raise InputError("--tensorrt needs --device cuda")
 
@@ -167,5 +228,7 @@ def run(args: argparse.Namespace) -> int:
     s.max_load = args.max_load
     s.wait_s = args.wait
     s.resume = args.resume
+    s.contention = args.contention
+    s.contention_systems = args.contention_systems
     harness.main(s, tensorrt=args.tensorrt)
     return 0
