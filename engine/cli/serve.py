@@ -9,6 +9,10 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ragrt.serving.server import TritonServer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,11 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ragrt.errors import ServerError
     from ragrt.serving.server import TritonServer
     from ragrt.triton_models.verify import check_servable
 
     check_servable(args.repo)  # never serve a staging directory a killed build-repo left
+    default_log = args.log_file is None
+    if default_log:
+        remove_old_logs()
     srv = TritonServer(
         args.repo,
         host=args.host,
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    failed = False
     try:
         print(f"starting tritonserver ({srv.install.binary}) on {srv.repo} ...", flush=True)
         srv.start()
@@ -98,18 +105,76 @@ def run(args: argparse.Namespace) -> int:
             print(f"  log     {srv.log_file}")
         print(f'ask it:   ragrt ask --url {srv.grpc_url} "your question"')
         print("Ctrl-C or SIGTERM stops the server.", flush=True)
-        while not stop.wait(0.5):
-            if not srv.alive():
-                raise ServerError(
-                    f"tritonserver exited unexpectedly (code {srv.proc.returncode}); end of "
-                    f"its log:\n{srv.log_tail()}"
-                )
+        watch(srv, stop)
         name = signal.Signals(received[0]).name if received else "signal"
         print(f"{name}: stopping tritonserver ...", file=sys.stderr, flush=True)
+    except Exception:
+        failed = True  # the log stays for reading (its path is in the error)
+        raise
     finally:
         rc = srv.stop()
         srv.close()
         for s, h in old.items():
             signal.signal(s, h)
+        if default_log and srv.log_file is not None and not failed:
+            srv.log_file.unlink(missing_ok=True)  # a failure's log stays (its path was shown)
     print(f"tritonserver stopped (exit code {rc})", file=sys.stderr)
     return 0
+
+
+def watch(srv: TritonServer, stop: threading.Event, every: float = 0.5) -> None:
+    """Until ``stop`` is set: raise :class:`ServerError` when the server exits on its own or
+    one of its models' backend process dies (Triton would keep calling that model READY while
+    failing every request to it), so a supervisor (systemd, Kubernetes) can restart it."""
+    from ragrt.errors import ServerError
+
+    where = f" (log: {srv.log_file})" if srv.log_file is not None else ""
+    while not stop.wait(every):
+        if not srv.alive():
+            code = srv.proc.returncode if srv.proc is not None else None
+            raise ServerError(
+                f"tritonserver exited unexpectedly (code {code}){where}; end of its log:\n"
+                f"{srv.log_tail()}"
+            )
+        dead = srv.dead_models()
+        if dead:
+            names = ", ".join(f"{m} (instance {i})" for m, i in sorted(dead.items()))
+            raise ServerError(
+                f"the backend process of model(s) {names} died (out of memory?): every request "
+                f"to it would fail, so ragrt serve stops the server{where}"
+            )
+
+
+def remove_old_logs(keep: int = 4) -> list[Path]:
+    """Delete the default logs (``$TMPDIR/ragrt-tritonserver-<pid>.log``) of earlier runs that
+    are no longer running, keeping the ``keep`` newest (logs of failed runs, worth reading);
+    a run that stops cleanly deletes its own."""
+    tmp = Path(tempfile.gettempdir())
+    old = []
+    for f in tmp.glob("ragrt-tritonserver-*.log"):
+        pid = f.stem.rsplit("-", 1)[1]
+        if not pid.isdigit() or int(pid) == os.getpid() or _running(int(pid)):
+            continue
+        try:
+            old.append((f.stat().st_mtime, f))
+        except OSError:
+            continue
+    old.sort(reverse=True)
+    removed = []
+    for _, f in old[keep:]:
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            continue
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -234,9 +234,14 @@ class ClientCore:
         return out
 
     # -- operations ------------------------------------------------------------------------
-    def health(self) -> Plan[dict[str, Any]]:
+    def health(self, probe: bool = True) -> Plan[dict[str, Any]]:
         """``{"live", "ready", "models": {name: ready}}``; no retries, never raises for an
-        unreachable server (``live`` is false and ``error`` says why)."""
+        unreachable server (``live`` is false and ``error`` says why).
+
+        With ``probe``, each model Triton calls ready also gets a blank question, which its
+        backend process refuses after its input check alone (``invalid_input``): a model whose
+        process died (Triton still calls it READY, but answers every request with ``Stub
+        process ... is not healthy``) is reported not ready, its reason in ``problems``."""
         out: dict[str, Any] = {
             "url": self.url,
             "protocol": self.endpoint.protocol,
@@ -247,15 +252,42 @@ class ClientCore:
         try:
             out["live"] = bool((yield Call("is_server_live")))
             out["ready"] = bool((yield Call("is_server_ready")))
-            for m in self.models.values():
+            for kind, m in self.models.items():
                 try:
                     out["models"][m] = bool((yield Call("is_model_ready", (m,))))
                 except Exception:  # noqa: BLE001 - a model that is not in the repository
                     out["models"][m] = False
+                if probe and out["models"][m]:
+                    problem = yield from self._probe(kind)
+                    if problem is not None:
+                        out["models"][m] = out["ready"] = False
+                        out.setdefault("problems", {})[m] = problem
         except Exception as e:  # noqa: BLE001
             yield Call("reset")
             out["error"] = f"{type(e).__name__}: {e}"
         return out
+
+    def _probe(self, kind: str) -> Plan[str | None]:
+        """Why model ``kind`` cannot answer a request (None: it answers)."""
+        model = self.models[kind]
+        try:
+            if kind == "stream":
+                arrays = protocol.request_arrays([" "], batched=False)
+                handle = yield Call("open_stream", (model, arrays, protocol.stream_body(" ", {})))
+                try:
+                    yield Call("next_event", (handle,))
+                finally:
+                    yield Call("close_stream", (handle,))
+            else:
+                size = yield from self.max_batch(model)
+                arrays = protocol.request_arrays([" "], batched=size > 0)
+                yield Call("infer", (model, arrays, []))
+        except Exception as e:  # noqa: BLE001 - the answer is the point
+            err = e if isinstance(e, RagrtError) else server_error(e, self.url)
+            if isinstance(err, InputError):
+                return None  # refused by the model's own input check: its process answers
+            return str(err)
+        return None
 
     def ask(self, question: str, gen: dict[str, Any]) -> Plan[GenerationResult]:
         if not isinstance(question, str):
