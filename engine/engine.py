@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ragrt.errors import Cancelled, InputError, RagrtError
-from ragrt.inputs import DEFAULT_MAX_QUESTION_BYTES
+from ragrt.inputs import DEFAULT_MAX_QUESTION_BYTES, check_max_question_bytes
 from ragrt.results import Doc, GenerationResult, Hypothesis
 from ragrt.retrieval.index import PassageIndex
 from ragrt.retrieval.retriever import Retriever
@@ -100,6 +100,7 @@ class RagEngine:
         ``max_question_bytes`` of UTF-8 (default 64 KiB; None = no limit) is an
         :class:`InputError`, raised before any tokenizing.
         """
+        check_max_question_bytes(max_question_bytes)
         m = manifest_mod.load(model_dir, verify=verify, precision=precision)
         opts = SessionOptions(device=device, intra_op_threads=intra_op_threads)
         retriever = Retriever.from_manifest(

@@ -192,7 +192,7 @@ def test_a_dead_model_is_not_ready_and_its_shm_is_removed(encoder_repo):
         assert srv.dead_models() == {"question_encoder": "question_encoder_0_0"}
         with pytest.raises(ServerError, match="not healthy"):
             client.embed(["q"])
-        for c in (client, RagClient(srv.http_url, retries=0)):
+        for c in (client, RagClient(srv.http_url, protocol="http", retries=0)):
             h = c.health()
             assert h["live"] and not h["ready"] and not h["models"]["question_encoder"], h
             assert "not healthy" in h["problems"]["question_encoder"]
