@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ragrt.serving.security import GrpcTls, Restriction
     from ragrt.serving.server import TritonServer
 
 
@@ -61,7 +62,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="seconds to wait for the models to load (default 600)",
     )
+    sec = p.add_argument_group(
+        "access control (see README, Security)",
+        "tritonserver checks a header on the API groups you restrict; gRPC can use TLS. HTTP "
+        "has no TLS and the metrics port no access control: keep them behind a proxy / off "
+        "untrusted networks.",
+    )
+    sec.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="require header 'ragrt-api-key: <the key in PATH>' on every API but health "
+        "(also from $RAGRT_API_KEY); clients: RagClient(api_key=...), ragrt ask --api-key-file",
+    )
+    sec.add_argument(
+        "--restrict",
+        action="append",
+        default=[],
+        metavar="APIS:HEADER=VALUE",
+        help="require HEADER=VALUE on these API groups (comma-separated: health, metadata, "
+        "inference, shared-memory, model-config, model-repository, statistics, trace, "
+        "logging), over HTTP and gRPC; repeatable, e.g. "
+        "model-repository,shared-memory,statistics,trace,logging:admin-key=SECRET",
+    )
+    sec.add_argument("--grpc-tls-cert", metavar="PEM", help="serve gRPC over TLS: certificate")
+    sec.add_argument("--grpc-tls-key", metavar="PEM", help="serve gRPC over TLS: private key")
+    sec.add_argument(
+        "--grpc-tls-client-ca",
+        metavar="PEM",
+        help="mutual TLS: accept only gRPC clients with a certificate signed by this CA",
+    )
+    sec.add_argument(
+        "--no-metrics", action="store_true", help="no Prometheus metrics port (it has no auth)"
+    )
     p.set_defaults(func=run)
+
+
+def security_settings(args: argparse.Namespace) -> tuple[list[Restriction], GrpcTls | None]:
+    """The restrictions and gRPC TLS settings of ``ragrt serve``'s flags."""
+    from ragrt.serving.security import GrpcTls, Restriction, api_key_restriction, read_key_file
+
+    restrictions = [Restriction.parse(r) for r in args.restrict]
+    key = read_key_file(args.api_key_file) if args.api_key_file else None
+    if key is None and os.environ.get("RAGRT_API_KEY", "").strip():
+        key = os.environ["RAGRT_API_KEY"].strip()
+    if key is not None:
+        restrictions.append(api_key_restriction(key, restrictions))
+    tls = GrpcTls.of(args.grpc_tls_cert, args.grpc_tls_key, args.grpc_tls_client_ca)
+    return restrictions, tls
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from ragrt.triton_models.verify import check_servable
 
     check_servable(args.repo)  # never serve a staging directory a killed build-repo left
+    restrictions, tls = security_settings(args)
     default_log = args.log_file is None
     if default_log:
         remove_old_logs()
@@ -82,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         log_file=args.log_file
         or Path(tempfile.gettempdir()) / f"ragrt-tritonserver-{os.getpid()}.log",
         log_verbose=args.log_verbose,
+        restrictions=restrictions,
+        grpc_tls=tls,
+        metrics=not args.no_metrics,
     )
     stop = threading.Event()
     received: list[int] = []
@@ -98,12 +149,16 @@ def run(args: argparse.Namespace) -> int:
         srv.wait_ready(args.timeout, cancel=stop.is_set)
         models = ", ".join(sorted(srv.model_states()))
         print(f"ready: models {models}")
+        grpc = f"grpcs://{srv.grpc_url}" if tls is not None else srv.grpc_url
         print(f"  HTTP    http://{srv.http_url}")
-        print(f"  gRPC    {srv.grpc_url}")
-        print(f"  metrics {srv.metrics_url}")
+        print(f"  gRPC    {grpc}" + (" (TLS)" if tls is not None else ""))
+        if srv.metrics:
+            print(f"  metrics {srv.metrics_url}")
+        for r in restrictions:
+            print(f"  restricted: {', '.join(r.apis)} need header '{r.header}'")
         if srv.log_file is not None:
             print(f"  log     {srv.log_file}")
-        print(f'ask it:   ragrt ask --url {srv.grpc_url} "your question"')
+        print(f'ask it:   ragrt ask --url {grpc} "your question"')
         print("Ctrl-C or SIGTERM stops the server.", flush=True)
         watch(srv, stop)
         name = signal.Signals(received[0]).name if received else "signal"

@@ -84,7 +84,8 @@ def is_connection_error(e: BaseException) -> bool:
         status = str(e.status() or "")
         msg = (e.message() or "").lower()
         if status in _RETRYABLE_GRPC:
-            return "unknown model" not in msg
+            # tritonserver answers a restricted protocol without its header with UNAVAILABLE
+            return "unknown model" not in msg and "is restricted" not in msg
         # tritonclient.http wraps some transport failures without a status
         return not status and any(w in msg for w in ("connect", "reset", "broken pipe", "closed"))
     if isinstance(e, HttpStatusError):
@@ -102,11 +103,21 @@ def is_connection_error(e: BaseException) -> bool:
     )
 
 
+def _restricted(msg: str, url: str) -> ServerError:
+    return ServerError(
+        f"{msg} (server {url}): pass the key of `ragrt serve --api-key-file` as "
+        "RagClient(api_key=...) / `ragrt ask --api-key-file`, other restricted headers as "
+        "RagClient(headers={...})"
+    )
+
+
 def server_error(e: BaseException, url: str) -> RagrtError:
     """An answer from the server (or a failure mid-answer) -> the ragrt error it names."""
     from tritonclient.utils import InferenceServerException
 
     if isinstance(e, HttpStatusError):
+        if "is restricted, expecting header" in e.message:
+            return _restricted(e.message, url)
         if e.status == 404:
             return ServerError(f"{e.message} (server {url})")
         return protocol.error_from_text(e.message, InputError if e.status == 400 else ServerError)
@@ -114,6 +125,8 @@ def server_error(e: BaseException, url: str) -> RagrtError:
         return ServerError(f"{type(e).__name__} talking to {url}: {e}")
     status = str(e.status() or "")
     msg = e.message() or str(e)
+    if "is restricted, expecting header" in msg:
+        return _restricted(msg, url)
     if "unknown model" in msg.lower() or status in ("StatusCode.NOT_FOUND", "404"):
         return ServerError(
             f"{msg} (server {url}; is the repository built with this model? "

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ragrt.errors import InputError, ServerError
 from ragrt.serving import processes
+from ragrt.serving.security import GrpcTls, Restriction, check_restrictions, server_args
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,9 @@ class TritonServer:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         die_with_parent: bool = True,
+        restrictions: Sequence[Restriction] = (),
+        grpc_tls: GrpcTls | None = None,
+        metrics: bool = True,
     ):
         self.repo = Path(repo).resolve()
         if not self.repo.is_dir():
@@ -199,6 +203,10 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.die_with_parent = die_with_parent
+        #: API groups behind a header (sent by this class's own readiness checks too)
+        self.restrictions = check_restrictions(restrictions)
+        self.grpc_tls = grpc_tls
+        self.metrics = metrics
         self.proc: subprocess.Popen | None = None
         self._tmp: Path | None = None
         self._log_handle = None
@@ -260,6 +268,7 @@ class TritonServer:
         bd = self._backend_dir()
         if bd is not None:
             cmd += ["--backend-directory", str(bd)]
+        cmd += server_args(self.restrictions, self.grpc_tls, self.metrics)
         return cmd + self.extra_args
 
     def environment(self) -> dict[str, str]:
@@ -305,19 +314,23 @@ class TritonServer:
         )
         return self
 
+    def used_ports(self) -> dict[str, int]:
+        """The ports the server listens on (the metrics port only when metrics are on)."""
+        return {n: p for n, p in self.ports.items() if n != "metrics" or self.metrics}
+
     def check_ports(self) -> None:
         """Refuse (:class:`InputError`, naming the port) ports that repeat or that another
         process holds: tritonserver would exit on them only after loading every model, and
         meanwhile whatever holds the HTTP port would answer its readiness checks."""
         seen: dict[int, str] = {}
-        for name, port in self.ports.items():
+        for name, port in self.used_ports().items():
             if port in seen:
                 raise InputError(
                     f"--{seen[port]}-port and --{name}-port are both {port}: give each its own "
                     "port (0 = any free port)"
                 )
             seen[port] = name
-        for name, port in self.ports.items():
+        for name, port in self.used_ports().items():
             if port_in_use(self.host, port):
                 raise InputError(
                     f"port {port} (--{name}-port) is already in use on {self.host}: another "
@@ -372,7 +385,12 @@ class TritonServer:
 
     def _get(self, path: str, method: str = "GET", timeout: float = 2.0) -> tuple[int, bytes]:
         url = f"http://{self.http_url}{path}"
-        req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+        req = urllib.request.Request(
+            url,
+            method=method,
+            data=b"{}" if method == "POST" else None,
+            headers={r.header: r.value for r in self.restrictions},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.read()
@@ -434,7 +452,7 @@ class TritonServer:
             raise ServerError(msg)
         foreign = [
             f"{port} (--{name}-port)"
-            for name, port in self.ports.items()
+            for name, port in self.used_ports().items()
             if processes.listens_on(self.proc.pid, port) is False
         ]
         if foreign:
