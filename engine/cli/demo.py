@@ -56,15 +56,13 @@ def corpus_path() -> Path:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    from ragrt.errors import RagrtError
+    from ragrt.runtime.stack import missing_extra
 
     try:
         from ragrt.export import ExportOptions, export_artifacts
         from ragrt.export.fixtures import bart_generator, bart_tokenizer, minilm_path, save_encoder
     except ImportError as e:
-        raise RagrtError(
-            f"the demo needs the export and dev extras ({e.name} missing): make demo"
-        ) from None
+        raise missing_extra(e, "ragrt demo", "export", "dev", "compute") from None
     from ragrt.engine import RagEngine
     from ragrt.retrieval.build import build_index
 
