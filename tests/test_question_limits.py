@@ -63,7 +63,7 @@ def test_engine_refuses_an_oversized_question_before_tokenizing(rag_engine, monk
             call()
     monkeypatch.undo()
     out = rag_engine.generate_each([BIG, Q], max_new_tokens=2)
-    assert isinstance(out[0], InputError) and str(out[0]).startswith("question 0: question 0")
+    assert isinstance(out[0], InputError) and str(out[0]).startswith("question 0 is too long")
     assert out[1].token_ids == rag_engine.generate([Q], max_new_tokens=2)[0].token_ids
 
 

