@@ -165,7 +165,8 @@ class PassageIndex:
             [s.offset for s in shards] + [shards[-1].offset + len(shards[-1].store)]
         )
         self._nlists = [nlist_of(s.index) for s in shards]
-        self.nlist = max(self._nlists) if all(x is not None for x in self._nlists) else None
+        known = [x for x in self._nlists if x is not None]
+        self.nlist = max(known) if len(known) == len(self._nlists) else None
         self.default_nprobe = self.manifest.nprobe
         self._lock = threading.Lock()
 
@@ -286,14 +287,17 @@ class PassageIndex:
     def _exact(self, rows: np.ndarray) -> np.ndarray:
         flat = np.asarray(rows, dtype=np.int64).ravel()
         out = np.empty((len(flat), self.dim), dtype=np.float32)
-        if len(self.shards) == 1:
-            out[:] = self.shards[0].emb[flat]
+        embs = [sh.emb for sh in self.shards if sh.emb is not None]
+        if len(embs) != len(self.shards):
+            raise ArtifactError("exact scores need every shard's stored embeddings")
+        if len(embs) == 1:
+            out[:] = embs[0][flat]
         else:
             sid, local = self._locate(flat)
-            for i, sh in enumerate(self.shards):
+            for i, e in enumerate(embs):
                 sel = np.flatnonzero(sid == i)
                 if len(sel):
-                    out[sel] = sh.emb[local[sel]]
+                    out[sel] = e[local[sel]]
         return out.reshape(*np.shape(rows), self.dim)
 
     def _reconstruct(self, rows: np.ndarray) -> np.ndarray:

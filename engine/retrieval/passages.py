@@ -44,7 +44,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,7 +119,7 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def _open_binary(path: Path):
+def _open_binary(path: Path) -> io.BufferedIOBase:
     if not path.exists():
         raise InputError(f"passage file {path} does not exist")
     if not path.is_file():
@@ -163,7 +163,9 @@ def _split_tsv_line(line: str) -> list[str]:
     return next(csv.reader([line], delimiter="\t", quotechar='"', strict=True))
 
 
-def _iter_tsv(path: Path, raw) -> Iterator[tuple[int, Passage | None, str | None]]:
+def _iter_tsv(
+    path: Path, raw: io.BufferedIOBase
+) -> Iterator[tuple[int, Passage | None, str | None]]:
     lineno = 0
     header: list[str] | None = None
     for b in raw:
@@ -210,7 +212,9 @@ def _iter_tsv(path: Path, raw) -> Iterator[tuple[int, Passage | None, str | None
         yield lineno, p, err
 
 
-def _iter_jsonl(path: Path, raw) -> Iterator[tuple[int, Passage | None, str | None]]:
+def _iter_jsonl(
+    path: Path, raw: io.BufferedIOBase
+) -> Iterator[tuple[int, Passage | None, str | None]]:
     for lineno, b in enumerate(raw, start=1):
         if not b.strip():
             continue
@@ -270,6 +274,7 @@ def iter_passages(
                         stats.skipped_rows.append((lineno, err))
                         log.warning("skipping %s:%d: %s", path, lineno, err)
                     continue
+                assert p is not None  # a row without an error has its passage
                 stats.kept += 1
                 if stats.kept_rows is not None:
                     stats.kept_rows.append(stats.rows - 1)
@@ -349,7 +354,7 @@ def build_store(
     out_dir: str | os.PathLike,
     *,
     source: str = "passages",
-    on_passage=None,
+    on_passage: Callable[[Passage], None] | None = None,
 ) -> StoreStats:
     """Write the store files into ``out_dir`` (which the caller publishes atomically).
 
@@ -395,7 +400,9 @@ def build_store(
     return StoreStats(passages=n, data_bytes=data_bytes)
 
 
-def _check_duplicates(h: np.ndarray, id_bytes, lines: Sequence[int], source: str) -> None:
+def _check_duplicates(
+    h: np.ndarray, id_bytes: Callable[[int], bytes], lines: Sequence[int], source: str
+) -> None:
     order = np.argsort(h, kind="stable")
     sh = h[order]
     same = np.flatnonzero(sh[1:] == sh[:-1])
