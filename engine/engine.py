@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 
 from ragrt.errors import Cancelled, InputError, RagrtError
-from ragrt.inputs import check_question, check_questions, question_list
+from ragrt.inputs import (
+    DEFAULT_MAX_QUESTION_BYTES,
+    check_max_question_bytes,
+    check_question,
+    question_list,
+)
 from ragrt.results import Doc, GenerationResult, Hypothesis
 from ragrt.retrieval.index import PassageIndex
 from ragrt.retrieval.retriever import Retriever
@@ -92,16 +97,22 @@ class RagEngine:
         nprobe: int | None = None,
         intra_op_threads: int = 0,
         verify: bool = True,
+        max_question_bytes: int | None = DEFAULT_MAX_QUESTION_BYTES,
     ) -> RagEngine:
         """Open ART_DIR (from ``ragrt export``) and INDEX_DIR(s) (from ``ragrt index build``).
 
         ``device``: cpu | cuda | tensorrt (CUDA without a GPU raises :class:`DeviceError`).
         Several index dirs are searched as shards of one corpus. Without an index only
-        :meth:`embed` and :meth:`generate_from_docs` work.
+        :meth:`embed` and :meth:`generate_from_docs` work. A question longer than
+        ``max_question_bytes`` of UTF-8 (default 64 KiB; None = no limit) is an
+        :class:`InputError`, raised before any tokenizing.
         """
+        check_max_question_bytes(max_question_bytes)
         m = manifest_mod.load(model_dir, verify=verify, precision=precision)
         opts = SessionOptions(device=device, intra_op_threads=intra_op_threads)
-        retriever = Retriever.from_manifest(m, index_dir, precision, opts, nprobe=nprobe)
+        retriever = Retriever.from_manifest(
+            m, index_dir, precision, opts, nprobe=nprobe, max_question_bytes=max_question_bytes
+        )
         gen = Seq2SeqGenerator.from_spec(m.generator, m.root, precision, opts)
         gtok = TextTokenizer(
             m.path(m.generator.tokenizer),
@@ -153,7 +164,7 @@ class RagEngine:
     ) -> GeneratorInputs:
         """Retrieval and context building without generating: what the generator would read
         for ``questions`` with ``n_docs`` passages each (default: the model's)."""
-        qs = check_questions(questions)
+        qs = self.retriever.check_questions(questions)
         return self._retrieve_contexts(qs, self.request(n_docs=n_docs).n_docs, tracer)
 
     def _retrieve_contexts(
@@ -242,7 +253,7 @@ class RagEngine:
         ``stopping`` stops the decode before its next step (:class:`~ragrt.errors.Cancelled`).
         Memory grows with ``len(questions) * num_beams * n_docs`` decoder rows.
         """
-        qs = check_questions(questions)
+        qs = self.retriever.check_questions(questions)
         req = self._resolve(
             request,
             mode=mode,
@@ -268,7 +279,7 @@ class RagEngine:
         **kwargs: Any,
     ) -> list[GenerationResult]:
         """Generate from given docs (with their ``score`` as doc scores), skipping retrieval."""
-        qs = check_questions(questions)
+        qs = self.retriever.check_questions(questions)
         if len(docs) != len(qs) or len({len(d) for d in docs}) != 1 or not docs[0]:
             raise InputError("docs must hold the same non-zero number of Doc per question")
         n = len(docs[0])
@@ -297,7 +308,7 @@ class RagEngine:
         good = []
         for i, q in enumerate(qs):
             try:
-                check_question(q, i)
+                check_question(q, i, max_bytes=self.retriever.max_question_bytes)
                 good.append(i)
             except RagrtError as e:
                 out[i] = e
@@ -334,7 +345,7 @@ class RagEngine:
         """
         if not isinstance(question, str):
             raise InputError("stream() takes one question string")
-        qs = check_questions([question])
+        qs = self.retriever.check_questions([question])
         req = self._resolve(request, **kwargs)
         if req.mode != "token" or req.num_beams != 1:
             yield self.generate(qs, request=req, tracer=tracer, stopping=stopping)[0].text

@@ -7,6 +7,44 @@ from typing import Any
 
 from ragrt.errors import InputError
 
+#: the default cap on one question's size (UTF-8 bytes). The question encoder reads at most
+#: a few hundred tokens, so a longer question is truncated anyway; without a cap a huge one
+#: costs seconds to minutes of tokenizing (and gigabytes) before that truncation.
+DEFAULT_MAX_QUESTION_BYTES = 64 * 1024
+
+
+def check_max_question_bytes(value: Any) -> int | None:
+    """``max_question_bytes``: a positive int, or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(
+            f"max_question_bytes must be a positive integer (or None: no limit), got {value!r}"
+        )
+    return value
+
+
+def question_size_error(question: str | bytes, max_bytes: int | None) -> str | None:
+    """Why ``question`` is over ``max_bytes`` UTF-8 bytes, or None. Cheap for huge strings:
+    the length in characters bounds the UTF-8 size (1 to 4 bytes each), so only a question
+    near the limit is encoded to be measured."""
+    if max_bytes is None:
+        return None
+    if isinstance(question, bytes):
+        n = len(question)
+    elif len(question) * 4 <= max_bytes:
+        return None
+    elif len(question) > max_bytes:
+        return (
+            f"is too long: at least {len(question):,} bytes of UTF-8, the limit is "
+            f"{max_bytes:,} (max_question_bytes)"
+        )
+    else:
+        n = len(question.encode("utf-8", "surrogatepass"))
+    if n <= max_bytes:
+        return None
+    return f"is too long: {n:,} bytes of UTF-8, the limit is {max_bytes:,} (max_question_bytes)"
+
 
 def text_problem(s: str) -> str | None:
     """Why ``s`` is not text that can be encoded as UTF-8, or None when it is.
@@ -25,11 +63,17 @@ def text_problem(s: str) -> str | None:
     return None
 
 
-def check_question(q: Any, i: int = 0, *, require_text: bool = True) -> str:
-    """One question: a string; with ``require_text``, of valid text and not blank (the
-    client checks only types here and reports those per question)."""
+def check_question(
+    q: Any, i: int = 0, *, require_text: bool = True, max_bytes: int | None = None
+) -> str:
+    """One question: a string; with ``max_bytes``, at most that long in UTF-8 (checked first,
+    cheaply, before anything reads the whole text); with ``require_text``, of valid text and
+    not blank (the client checks only types here and reports those per question)."""
     if not isinstance(q, str):
         raise InputError(f"question {i} is {type(q).__name__}, not a string")
+    too_long = question_size_error(q, max_bytes)
+    if too_long:
+        raise InputError(f"question {i} {too_long}")
     if not require_text:
         return q
     problem = text_problem(q)
@@ -56,12 +100,14 @@ def question_list(questions: Any) -> list[Any]:
     return list(questions)
 
 
-def check_questions(questions: Any, *, require_text: bool = True) -> list[str]:
+def check_questions(
+    questions: Any, *, require_text: bool = True, max_bytes: int | None = None
+) -> list[str]:
     """A non-empty list of strings (:func:`question_list`); with ``require_text``, each valid
-    text and not blank (:func:`check_question`)."""
+    text and not blank, with ``max_bytes`` none longer in UTF-8 (:func:`check_question`)."""
     qs = question_list(questions)
     if not qs:
         raise InputError("no questions given")
     for i, q in enumerate(qs):
-        check_question(q, i, require_text=require_text)
+        check_question(q, i, require_text=require_text, max_bytes=max_bytes)
     return qs

@@ -429,6 +429,38 @@ def test_ask_each_gives_per_item_errors(server, engine, protocol):
     assert isinstance(out[1], InputError)
 
 
+# -- issue 11 item 4: an oversized question is one clear error, and costs nothing ----------
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_oversized_question_is_refused_and_the_server_goes_on(server, engine, protocol):
+    """A 2 MB question (the server's limit is 64 KiB) gets invalid_input naming the limit, in
+    every model and in a stream; a request sent right after it, and one sent while a batch of
+    them is in flight, are answered as usual; health stays green."""
+    client = _client(server, protocol)
+    big = "why " * (512 * 1024)  # 2 MiB
+    want = engine.generate([QUESTIONS[1]], max_new_tokens=3)[0]
+    for call in (
+        lambda: client.ask(big, max_new_tokens=3),
+        lambda: client.retrieve([big]),
+        lambda: client.embed([big]),
+        lambda: "".join(client.stream(big, max_new_tokens=3)),
+    ):
+        with pytest.raises(InputError, match="too long: 2,097,152 bytes.*limit is 65,536"):
+            call()
+        _same(client.ask(QUESTIONS[1], max_new_tokens=3), want)
+    out = client.ask_each([big, QUESTIONS[1]], max_new_tokens=3)
+    assert isinstance(out[0], InputError) and "too long" in str(out[0])
+    _same(out[1], want)
+    with ThreadPoolExecutor(4) as pool:
+        bigs = [pool.submit(client.ask, big, max_new_tokens=3) for _ in range(3)]
+        normal = pool.submit(client.ask, QUESTIONS[1], max_new_tokens=3)
+        _same(normal.result(timeout=120), want)
+        for f in bigs:
+            assert isinstance(f.exception(timeout=120), InputError)
+    h = client.health()
+    assert h["ready"] and all(h["models"].values()), h
+    client.close()
+
+
 # -- launcher failure, CLI, restart (last: it restarts the shared server) -------------------
 def test_broken_repository_fails_with_the_log(rag_bart_art, serving_index, tmp_path):
     from ragrt.serving.server import TritonServer
@@ -451,6 +483,10 @@ def test_broken_repository_fails_with_the_log(rag_bart_art, serving_index, tmp_p
 
 
 def test_cli_serve_stops_on_sigterm(rag_bart_art, serving_index, tmp_path):
+    """Ready, answers, stops on SIGTERM with exit code 0; its default log (in $TMPDIR) is
+    removed after a clean stop, as are the logs of earlier runs beyond the newest four."""
+    import os
+
     from ragrt.serving.server import free_port
     from ragrt.triton_models.repository import RepoOptions, build_repository
 
@@ -470,12 +506,11 @@ def test_cli_serve_stops_on_sigterm(rag_bart_art, serving_index, tmp_path):
             str(grpc),
             "--metrics-port",
             str(free_port()),
-            "--log-file",
-            str(tmp_path / "log.txt"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     lines = []
     try:
@@ -495,6 +530,8 @@ def test_cli_serve_stops_on_sigterm(rag_bart_art, serving_index, tmp_path):
             proc.kill()
     assert proc.returncode == 0, rest
     assert "tritonserver stopped (exit code 0)" in rest
+    assert f"log     {tmp_path}/ragrt-tritonserver-{proc.pid}.log" in text
+    assert not list(tmp_path.glob("ragrt-tritonserver-*.log"))
 
 
 def test_retry_brings_requests_through_a_restart(server, engine):

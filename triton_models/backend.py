@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ragrt.errors import ArtifactError, InputError, RagrtError
+from ragrt.inputs import DEFAULT_MAX_QUESTION_BYTES
 from ragrt.serving import protocol
 
 log = logging.getLogger("ragrt.triton")
@@ -52,6 +53,7 @@ def open_engine(
     device: str,
     nprobe: int | None,
     threads: int,
+    max_question_bytes: int | None = DEFAULT_MAX_QUESTION_BYTES,
 ) -> Any:
     """What one model needs: ``full`` (RagEngine), ``retrieve`` (a Retriever: question encoder
     + index), ``encoder`` (a Retriever without index), ``tokenizer`` (question tokenizer only)."""
@@ -65,6 +67,7 @@ def open_engine(
             device=device,
             nprobe=nprobe,
             intra_op_threads=threads,
+            max_question_bytes=max_question_bytes,
         )
     if load == "tokenizer":
         from ragrt.runtime import manifest as manifest_mod
@@ -93,6 +96,7 @@ def open_engine(
         device,
         nprobe=nprobe,
         intra_op_threads=threads,
+        max_question_bytes=max_question_bytes,
     )
 
 
@@ -142,6 +146,9 @@ class _Model:
             max_n_docs=int(p.get("ragrt_max_n_docs", 50)),
             max_num_beams=int(p.get("ragrt_max_num_beams", 16)),
             max_decoder_rows=int(p.get("ragrt_max_decoder_rows", 4096)),
+            max_question_bytes=int(p["ragrt_max_question_bytes"])
+            if p.get("ragrt_max_question_bytes")
+            else DEFAULT_MAX_QUESTION_BYTES,
         )
         self.engine = open_engine(
             p.get("ragrt_load", "full"),
@@ -151,6 +158,7 @@ class _Model:
             p.get("ragrt_device", "cpu"),
             nprobe,
             int(p.get("ragrt_intra_op_threads", 0)),
+            self.limits.max_question_bytes,
         )
         if hasattr(self.engine, "max_decoder_rows"):  # the server's limit is the operator's
             self.engine.max_decoder_rows = self.limits.max_decoder_rows
@@ -355,7 +363,15 @@ class QuestionEncoderModel(_Model):
         items = []
         for i, r in enumerate(requests):
             try:
-                items.append((i, protocol.parse_questions(self._getter(r), self.batched), None))
+                items.append(
+                    (
+                        i,
+                        protocol.parse_questions(
+                            self._getter(r), self.batched, self.limits.max_question_bytes
+                        ),
+                        None,
+                    )
+                )
             except Exception as e:
                 responses[i] = self._error(e)
         results = self._grouped(items, lambda qs, _k: list(self.engine.embed(qs)))
@@ -375,7 +391,9 @@ class TokenizerModel(_Model):
         responses = []
         for r in requests:
             try:
-                qs = protocol.parse_questions(self._getter(r), self.batched)
+                qs = protocol.parse_questions(
+                    self._getter(r), self.batched, self.limits.max_question_bytes
+                )
                 responses.append(self._ok(self.engine(qs)))
             except Exception as e:
                 responses.append(self._error(e))

@@ -113,6 +113,7 @@ def _engine_params(
         "ragrt_max_n_docs": str(opts.max_n_docs),
         "ragrt_max_num_beams": str(opts.max_num_beams),
         "ragrt_max_decoder_rows": str(opts.max_decoder_rows),
+        "ragrt_max_question_bytes": str(opts.max_question_bytes),
         "ragrt_stream_workers": str(opts.stream_workers),
         "ragrt_parallel": str(opts.parallel),
     }

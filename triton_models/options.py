@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragrt.errors import InputError
+from ragrt.inputs import DEFAULT_MAX_QUESTION_BYTES
 
 #: models of the python flavor, in build order (the first one present owns the artifacts)
 MODELS = ("rag", "rag_stream", "retrieve", "question_encoder")
@@ -58,6 +59,7 @@ class RepoOptions:
     max_n_docs: int = 50
     max_num_beams: int = 16
     max_decoder_rows: int = 4096  # rows * num_beams * n_docs per engine call
+    max_question_bytes: int = DEFAULT_MAX_QUESTION_BYTES  # UTF-8 bytes of one question
     overwrite: bool = False
 
     def validate(self) -> RepoOptions:
@@ -105,6 +107,7 @@ class RepoOptions:
             ("--max-n-docs", self.max_n_docs, 1),
             ("--max-num-beams", self.max_num_beams, 1),
             ("--max-decoder-rows", self.max_decoder_rows, 1),
+            ("--max-question-bytes", self.max_question_bytes, 1),
             ("--tensorrt-workspace-mb", self.tensorrt_workspace_mb, 1),
         ):
             _integer(flag, value, lo)

@@ -44,6 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--protocol", choices=["grpc", "http"], help="server protocol (default: from the URL)"
     )
+    p.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="--url: the key of a server started with --api-key-file (also $RAGRT_API_KEY)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="--url grpcs://...: the CA certificate that signed the server's (default: system)",
+    )
     p.add_argument("--precision", help="fp32 | fp16 | int8 (local engine; default fp32)")
     p.add_argument("--device", help="cpu | cuda | tensorrt (local engine; default cpu)")
     p.add_argument(
@@ -155,9 +165,16 @@ def run(args: argparse.Namespace) -> int:
                 f"{', '.join(ignored)} ignored with --url: the server runs the model, index, "
                 "precision and device it was started with"
             )
-        from ragrt.serving.client import RagClient
+        import os
 
-        client = RagClient(args.url, protocol=args.protocol)
+        from ragrt.serving.client import RagClient
+        from ragrt.serving.security import read_key_file
+
+        key = read_key_file(args.api_key_file) if args.api_key_file else None
+        key = key or os.environ.get("RAGRT_API_KEY", "").strip() or None
+        client = RagClient(
+            args.url, protocol=args.protocol, api_key=key, root_certificates=args.tls_ca
+        )
         stream, answer = client.stream, client.ask_batch
     else:
         if args.model is None or not args.index:

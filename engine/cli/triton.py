@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ragrt.inputs import DEFAULT_MAX_QUESTION_BYTES
+
 
 def _models(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
@@ -160,6 +162,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="largest questions x beams x docs per engine call (default 4096)",
     )
     b.add_argument(
+        "--max-question-bytes",
+        type=int,
+        default=DEFAULT_MAX_QUESTION_BYTES,
+        metavar="N",
+        help="longest question in UTF-8 bytes; a longer one gets an invalid_input error "
+        f"(default {DEFAULT_MAX_QUESTION_BYTES})",
+    )
+    b.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing REPO (only one build-repo wrote)",
@@ -215,6 +225,7 @@ def _build(args: argparse.Namespace) -> int:
         max_n_docs=args.max_n_docs,
         max_num_beams=args.max_num_beams,
         max_decoder_rows=args.max_decoder_rows,
+        max_question_bytes=args.max_question_bytes,
         overwrite=args.overwrite,
     )
     s = build_repository(args.model, args.index, args.out, opts)

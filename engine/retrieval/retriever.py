@@ -13,11 +13,12 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ragrt.errors import InputError
-from ragrt.inputs import check_questions
+from ragrt.inputs import DEFAULT_MAX_QUESTION_BYTES, check_max_question_bytes, check_questions
 from ragrt.results import Doc
 from ragrt.retrieval.index import PassageIndex
 from ragrt.runtime import manifest as manifest_mod
@@ -68,12 +69,15 @@ class Retriever:
         *,
         nprobe: int | None = None,
         default_k: int = 5,
+        max_question_bytes: int | None = DEFAULT_MAX_QUESTION_BYTES,
     ):
         check_nprobe(nprobe)
         self.encoder = encoder
         self.index = index
         self.nprobe = nprobe
         self.default_k = default_k
+        #: questions longer than this (UTF-8 bytes) are refused before tokenizing; None = any
+        self.max_question_bytes = check_max_question_bytes(max_question_bytes)
 
     # -- loading -------------------------------------------------------------------------
     @classmethod
@@ -86,6 +90,7 @@ class Retriever:
         *,
         nprobe: int | None = None,
         index_device: str | None = None,
+        max_question_bytes: int | None = DEFAULT_MAX_QUESTION_BYTES,
     ) -> Retriever:
         """The question encoder of a loaded manifest, plus INDEX_DIR(s) checked against it.
 
@@ -99,7 +104,13 @@ class Retriever:
             device = index_device or ("cpu" if opts.device == "cpu" else "auto")
             index = PassageIndex.open(index_dir, device=device)
             index.check_encoder(m)
-        return cls(encoder, index, nprobe=nprobe, default_k=m.generation.n_docs)
+        return cls(
+            encoder,
+            index,
+            nprobe=nprobe,
+            default_k=m.generation.n_docs,
+            max_question_bytes=max_question_bytes,
+        )
 
     @classmethod
     def load(
@@ -113,6 +124,7 @@ class Retriever:
         nprobe: int | None = None,
         intra_op_threads: int = 0,
         verify: bool = True,
+        max_question_bytes: int | None = DEFAULT_MAX_QUESTION_BYTES,
     ) -> Retriever:
         """Open ART_DIR's question encoder (only its files are verified: a Triton ``retrieve``
         model's artifacts need not hold the generator) and INDEX_DIR(s)."""
@@ -122,7 +134,13 @@ class Retriever:
             m.verify([spec.tokenizer, *([spec.onnx[precision]] if precision in spec.onnx else [])])
         opts = SessionOptions(device=device, intra_op_threads=intra_op_threads)
         return cls.from_manifest(
-            m, index_dir, precision, opts, nprobe=nprobe, index_device=index_device
+            m,
+            index_dir,
+            precision,
+            opts,
+            nprobe=nprobe,
+            index_device=index_device,
+            max_question_bytes=max_question_bytes,
         )
 
     # -- checks --------------------------------------------------------------------------
@@ -132,6 +150,10 @@ class Retriever:
                 "this engine was loaded without an index: pass index_dir to RagEngine.load"
             )
         return self.index
+
+    def check_questions(self, questions: Any) -> list[str]:
+        """A non-empty list of non-blank strings, none over :attr:`max_question_bytes`."""
+        return check_questions(questions, max_bytes=self.max_question_bytes)
 
     def check_n_docs(self, n_docs: int) -> int:
         """``n_docs`` (already a positive int) fits the index, when there is one."""
@@ -164,7 +186,7 @@ class Retriever:
 
     def embed(self, questions: Sequence[str], *, tracer: Tracer | None = None) -> np.ndarray:
         """Question embeddings ``[B, dim]`` float32."""
-        return self.encode(check_questions(questions), tracer=tracer).embeddings
+        return self.encode(self.check_questions(questions), tracer=tracer).embeddings
 
     # -- search --------------------------------------------------------------------------
     def search(self, embeddings: np.ndarray, k: int, *, tracer: Tracer | None = None) -> Hits:
@@ -186,7 +208,7 @@ class Retriever:
         self, questions: Sequence[str], k: int | None = None, *, tracer: Tracer | None = None
     ) -> list[list[Doc]]:
         """Top-``k`` passages per question (default: the model's ``n_docs``), best first."""
-        qs = check_questions(questions)
+        qs = self.check_questions(questions)
         self.require_index()
         emb = self.encode(qs, tracer=tracer).embeddings
         return self.search(emb, self.default_k if k is None else k, tracer=tracer).docs

@@ -24,6 +24,7 @@ stream that ends without its final response raises :class:`~ragrt.errors.ServerE
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ from ragrt.serving.client_core import (
     run_async,
     run_blocking,
 )
-from ragrt.serving.endpoint import Endpoint, parse_url
+from ragrt.serving.endpoint import Credentials, Endpoint, parse_url
 from ragrt.serving.transports import AsyncTransport, BlockingTransport
 
 __all__ = ["AsyncRagClient", "DEFAULT_TIMEOUT", "Endpoint", "RagClient", "parse_url"]
@@ -49,8 +50,27 @@ class _Client:
     """Settings shared by both clients (``url``, ``protocol``, ``timeout``, ``retries``,
     ``models``) - read from the core."""
 
-    def __init__(self, url: str, protocol: str | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        url: str,
+        protocol: str | None = None,
+        *,
+        api_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        root_certificates: str | os.PathLike | None = None,
+        private_key: str | os.PathLike | None = None,
+        certificate_chain: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ):
         self._core = ClientCore(url, protocol, **kwargs)
+        self._creds = Credentials.of(
+            api_key=api_key,
+            headers=headers,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+        )
+        self._core.endpoint = self._creds.secure(self._core.endpoint)
 
     endpoint = property(lambda self: self._core.endpoint)
     url = property(lambda self: self._core.url)
@@ -66,12 +86,16 @@ class RagClient(_Client):
     ``url``: ``host:port`` (gRPC by default; port 8000 or ``http://`` means HTTP).
     ``timeout``: seconds per request. ``retries``/``backoff``/``max_backoff``: see the module
     docstring. Model names: ``rag_model``, ``stream_model``, ``retrieve_model``,
-    ``encoder_model``.
+    ``encoder_model``. Access control (see README, Security): ``api_key`` (the
+    ``ragrt-api-key`` header of ``ragrt serve --api-key-file``), ``headers`` (any other,
+    e.g. ``{"admin-key": ...}`` for ``--restrict``), and for gRPC over TLS
+    (``grpcs://host:port``) ``root_certificates`` (the CA of the server's certificate),
+    ``private_key`` + ``certificate_chain`` (mutual TLS).
     """
 
     def __init__(self, url: str, protocol: str | None = None, **kwargs: Any):
         super().__init__(url, protocol, **kwargs)
-        self._transport = BlockingTransport(self._core.endpoint, self._core.timeout)
+        self._transport = BlockingTransport(self._core.endpoint, self._core.timeout, self._creds)
 
     def health(self) -> dict[str, Any]:
         """``{"live", "ready", "models": {name: ready}}`` (no retries; never raises for an
@@ -129,7 +153,7 @@ class AsyncRagClient(_Client):
 
     def __init__(self, url: str, protocol: str | None = None, **kwargs: Any):
         super().__init__(url, protocol, **kwargs)
-        self._transport = AsyncTransport(self._core.endpoint, self._core.timeout)
+        self._transport = AsyncTransport(self._core.endpoint, self._core.timeout, self._creds)
 
     async def health(self) -> dict[str, Any]:
         return await run_async(self._transport, self._core.health())

@@ -84,7 +84,8 @@ def is_connection_error(e: BaseException) -> bool:
         status = str(e.status() or "")
         msg = (e.message() or "").lower()
         if status in _RETRYABLE_GRPC:
-            return "unknown model" not in msg
+            # tritonserver answers a restricted protocol without its header with UNAVAILABLE
+            return "unknown model" not in msg and "is restricted" not in msg
         # tritonclient.http wraps some transport failures without a status
         return not status and any(w in msg for w in ("connect", "reset", "broken pipe", "closed"))
     if isinstance(e, HttpStatusError):
@@ -102,11 +103,21 @@ def is_connection_error(e: BaseException) -> bool:
     )
 
 
+def _restricted(msg: str, url: str) -> ServerError:
+    return ServerError(
+        f"{msg} (server {url}): pass the key of `ragrt serve --api-key-file` as "
+        "RagClient(api_key=...) / `ragrt ask --api-key-file`, other restricted headers as "
+        "RagClient(headers={...})"
+    )
+
+
 def server_error(e: BaseException, url: str) -> RagrtError:
     """An answer from the server (or a failure mid-answer) -> the ragrt error it names."""
     from tritonclient.utils import InferenceServerException
 
     if isinstance(e, HttpStatusError):
+        if "is restricted, expecting header" in e.message:
+            return _restricted(e.message, url)
         if e.status == 404:
             return ServerError(f"{e.message} (server {url})")
         return protocol.error_from_text(e.message, InputError if e.status == 400 else ServerError)
@@ -114,6 +125,8 @@ def server_error(e: BaseException, url: str) -> RagrtError:
         return ServerError(f"{type(e).__name__} talking to {url}: {e}")
     status = str(e.status() or "")
     msg = e.message() or str(e)
+    if "is restricted, expecting header" in msg:
+        return _restricted(msg, url)
     if "unknown model" in msg.lower() or status in ("StatusCode.NOT_FOUND", "404"):
         return ServerError(
             f"{msg} (server {url}; is the repository built with this model? "
@@ -234,9 +247,14 @@ class ClientCore:
         return out
 
     # -- operations ------------------------------------------------------------------------
-    def health(self) -> Plan[dict[str, Any]]:
+    def health(self, probe: bool = True) -> Plan[dict[str, Any]]:
         """``{"live", "ready", "models": {name: ready}}``; no retries, never raises for an
-        unreachable server (``live`` is false and ``error`` says why)."""
+        unreachable server (``live`` is false and ``error`` says why).
+
+        With ``probe``, each model Triton calls ready also gets a blank question, which its
+        backend process refuses after its input check alone (``invalid_input``): a model whose
+        process died (Triton still calls it READY, but answers every request with ``Stub
+        process ... is not healthy``) is reported not ready, its reason in ``problems``."""
         out: dict[str, Any] = {
             "url": self.url,
             "protocol": self.endpoint.protocol,
@@ -247,15 +265,42 @@ class ClientCore:
         try:
             out["live"] = bool((yield Call("is_server_live")))
             out["ready"] = bool((yield Call("is_server_ready")))
-            for m in self.models.values():
+            for kind, m in self.models.items():
                 try:
                     out["models"][m] = bool((yield Call("is_model_ready", (m,))))
                 except Exception:  # noqa: BLE001 - a model that is not in the repository
                     out["models"][m] = False
+                if probe and out["models"][m]:
+                    problem = yield from self._probe(kind)
+                    if problem is not None:
+                        out["models"][m] = out["ready"] = False
+                        out.setdefault("problems", {})[m] = problem
         except Exception as e:  # noqa: BLE001
             yield Call("reset")
             out["error"] = f"{type(e).__name__}: {e}"
         return out
+
+    def _probe(self, kind: str) -> Plan[str | None]:
+        """Why model ``kind`` cannot answer a request (None: it answers)."""
+        model = self.models[kind]
+        try:
+            if kind == "stream":
+                arrays = protocol.request_arrays([" "], batched=False)
+                handle = yield Call("open_stream", (model, arrays, protocol.stream_body(" ", {})))
+                try:
+                    yield Call("next_event", (handle,))
+                finally:
+                    yield Call("close_stream", (handle,))
+            else:
+                size = yield from self.max_batch(model)
+                arrays = protocol.request_arrays([" "], batched=size > 0)
+                yield Call("infer", (model, arrays, []))
+        except Exception as e:  # noqa: BLE001 - the answer is the point
+            err = e if isinstance(e, RagrtError) else server_error(e, self.url)
+            if isinstance(err, InputError):
+                return None  # refused by the model's own input check: its process answers
+            return str(err)
+        return None
 
     def ask(self, question: str, gen: dict[str, Any]) -> Plan[GenerationResult]:
         if not isinstance(question, str):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ragrt.errors import InputError, RagrtError, ServerError, error_from_code
+from ragrt.inputs import DEFAULT_MAX_QUESTION_BYTES
 from ragrt.results import Doc, GenerationResult, Hypothesis
 
 QUESTION = "QUESTION"
@@ -158,6 +159,8 @@ class Limits:
     max_n_docs: int = 50
     max_num_beams: int = 16
     max_decoder_rows: int = 4096
+    #: UTF-8 bytes of one question (None: no limit), checked before the text is decoded
+    max_question_bytes: int | None = DEFAULT_MAX_QUESTION_BYTES
 
 
 def _rows(arr: np.ndarray, name: str, batched: bool) -> int:
@@ -179,13 +182,27 @@ def _one_value(arr: np.ndarray, name: str, rows: int, batched: bool) -> Any:
     return flat[0]
 
 
-def parse_questions(get: Callable[[str], np.ndarray | None], batched: bool) -> list[str]:
+def parse_questions(
+    get: Callable[[str], np.ndarray | None],
+    batched: bool,
+    max_bytes: int | None = DEFAULT_MAX_QUESTION_BYTES,
+) -> list[str]:
+    """The request's questions; each at most ``max_bytes`` long (checked on the raw bytes,
+    before decoding or tokenizing: an oversized question costs nothing but this error)."""
     arr = get(QUESTION)
     if arr is None:
         raise InputError("the request has no QUESTION input")
     _rows(arr, QUESTION, batched)
     if np.asarray(arr).dtype != np.object_:
         raise InputError(f"QUESTION must be BYTES (UTF-8 text), got {np.asarray(arr).dtype}")
+    if max_bytes is not None:
+        for i, v in enumerate(np.asarray(arr).reshape(-1)):
+            n = len(v) if isinstance(v, (bytes, str)) else 0
+            if n > max_bytes:
+                raise InputError(
+                    f"QUESTION row {i} is too long: {n:,} bytes, this server's limit is "
+                    f"{max_bytes:,} (ragrt triton build-repo --max-question-bytes)"
+                )
     qs = decode_strings(arr, QUESTION)
     if not qs:
         raise InputError("QUESTION has no rows: send at least one question")
@@ -209,7 +226,7 @@ def parse_gen_request(
     get: Callable[[str], np.ndarray | None], limits: Limits, *, batched: bool
 ) -> tuple[list[str], dict[str, Any]]:
     """Server side: questions and engine keywords of one request, range-checked."""
-    qs = parse_questions(get, batched)
+    qs = parse_questions(get, batched, limits.max_question_bytes)
     kw: dict[str, Any] = {}
     for name, key in INT_PARAMS.items():
         v = _int_param(get, name, len(qs), batched)
@@ -254,7 +271,7 @@ def _check_ranges(kw: dict[str, Any], limits: Limits) -> None:
 def parse_retrieve_request(
     get: Callable[[str], np.ndarray | None], limits: Limits, *, batched: bool
 ) -> tuple[list[str], int | None]:
-    qs = parse_questions(get, batched)
+    qs = parse_questions(get, batched, limits.max_question_bytes)
     k = _int_param(get, "N_DOCS", len(qs), batched)
     if k is not None and not 1 <= k <= limits.max_n_docs:
         raise InputError(

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragrt.errors import InputError, ServerError
+from ragrt.serving import processes
+from ragrt.serving.security import GrpcTls, Restriction, check_restrictions, server_args
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether another socket already holds ``port`` on ``host`` (or on every interface).
+
+    SO_REUSEADDR as tritonserver sets it: a port left in TIME_WAIT by a server that just
+    stopped counts as free, one that some process listens on does not."""
+    import errno
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return True
+            raise InputError(f"cannot listen on {host} port {port}: {e.strerror or e}") from None
+    return False
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: SIGTERM the server when the process (thread) that started it dies, so a killed
     ragrt or test run never leaves an orphan tritonserver behind."""
@@ -151,6 +172,9 @@ class TritonServer:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         die_with_parent: bool = True,
+        restrictions: Sequence[Restriction] = (),
+        grpc_tls: GrpcTls | None = None,
+        metrics: bool = True,
     ):
         self.repo = Path(repo).resolve()
         if not self.repo.is_dir():
@@ -179,9 +203,16 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.die_with_parent = die_with_parent
+        #: API groups behind a header (sent by this class's own readiness checks too)
+        self.restrictions = check_restrictions(restrictions)
+        self.grpc_tls = grpc_tls
+        self.metrics = metrics
         self.proc: subprocess.Popen | None = None
         self._tmp: Path | None = None
         self._log_handle = None
+        #: the Python backend stubs seen once the models were ready (instance name -> stub)
+        self.stubs: dict[str, processes.Stub] = {}
+        self._shm_regions: set[str] = set()
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -237,6 +268,7 @@ class TritonServer:
         bd = self._backend_dir()
         if bd is not None:
             cmd += ["--backend-directory", str(bd)]
+        cmd += server_args(self.restrictions, self.grpc_tls, self.metrics)
         return cmd + self.extra_args
 
     def environment(self) -> dict[str, str]:
@@ -260,6 +292,8 @@ class TritonServer:
         for name, port in self.ports.items():
             if port == 0:
                 self.ports[name] = free_port(_client_host(self.host))
+        self.check_ports()
+        self.stubs = {}
         if self.log_to_console:
             self._log_handle = None
         else:
@@ -279,6 +313,38 @@ class TritonServer:
             preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         return self
+
+    def used_ports(self) -> dict[str, int]:
+        """The ports the server listens on (the metrics port only when metrics are on)."""
+        return {n: p for n, p in self.ports.items() if n != "metrics" or self.metrics}
+
+    def check_ports(self) -> None:
+        """Refuse (:class:`InputError`, naming the port) ports that repeat or that another
+        process holds: tritonserver would exit on them only after loading every model, and
+        meanwhile whatever holds the HTTP port would answer its readiness checks."""
+        seen: dict[int, str] = {}
+        for name, port in self.used_ports().items():
+            if port in seen:
+                raise InputError(
+                    f"--{seen[port]}-port and --{name}-port are both {port}: give each its own "
+                    "port (0 = any free port)"
+                )
+            seen[port] = name
+        for name, port in self.used_ports().items():
+            if port_in_use(self.host, port):
+                raise InputError(
+                    f"port {port} (--{name}-port) is already in use on {self.host}: another "
+                    f"process listens there (another server still running?); stop it, choose "
+                    f"another port, or pass --{name}-port 0 for any free port"
+                )
+
+    def answering_is_ours(self) -> bool:
+        """Whether the process listening on the HTTP port is the server started here (true
+        where ``/proc`` cannot tell)."""
+        return (
+            self.proc is not None
+            and processes.listens_on(self.proc.pid, self.ports["http"]) is not False
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -319,7 +385,12 @@ class TritonServer:
 
     def _get(self, path: str, method: str = "GET", timeout: float = 2.0) -> tuple[int, bytes]:
         url = f"http://{self.http_url}{path}"
-        req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+        req = urllib.request.Request(
+            url,
+            method=method,
+            data=b"{}" if method == "POST" else None,
+            headers={r.header: r.value for r in self.restrictions},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.read()
@@ -360,7 +431,7 @@ class TritonServer:
                 msg = self._failure(f"tritonserver exited with code {rc} before it was ready")
                 self.stop()
                 raise ServerError(msg)
-            if self.ready():
+            if self.ready() and self.answering_is_ours():
                 break
             if time.monotonic() > deadline:
                 msg = self._failure(f"tritonserver was not ready after {timeout:.0f} s")
@@ -374,7 +445,41 @@ class TritonServer:
             msg = self._failure(f"models not ready: {bad}")
             self.stop()
             raise ServerError(msg)
+        rc = self.proc.poll()
+        if rc is not None:
+            msg = self._failure(f"tritonserver exited with code {rc} right after it was ready")
+            self.stop()
+            raise ServerError(msg)
+        foreign = [
+            f"{port} (--{name}-port)"
+            for name, port in self.used_ports().items()
+            if processes.listens_on(self.proc.pid, port) is False
+        ]
+        if foreign:
+            msg = self._failure(
+                f"tritonserver is not the process listening on port(s) {', '.join(foreign)}"
+            )
+            self.stop()
+            raise ServerError(msg)
+        self.stubs = {s.instance: s for s in processes.python_stubs(self.proc.pid)}
+        self._shm_regions |= {s.shm_region for s in self.stubs.values()}
         return self
+
+    def dead_models(self) -> dict[str, str]:
+        """Models whose Python backend stub (seen when the server became ready) has died and
+        not been replaced: model name -> instance name. Triton still calls such a model READY,
+        but every request to it fails (``Stub process '<instance>' is not healthy``)."""
+        if self.proc is None or not self.stubs:
+            return {}
+        now = {s.instance: s for s in processes.python_stubs(self.proc.pid)}
+        self._shm_regions |= {s.shm_region for s in now.values()}
+        dead = {}
+        for inst, stub in self.stubs.items():
+            if inst in now and processes.alive(now[inst].pid):
+                self.stubs[inst] = now[inst]
+            elif not processes.alive(stub.pid):
+                dead[stub.model] = inst
+        return dead
 
     def stop(self, timeout: float | None = None) -> int | None:
         """Ask the server to exit (SIGTERM: it drains in-flight requests for up to
@@ -383,6 +488,8 @@ class TritonServer:
         p = self.proc
         if p is not None:
             if p.poll() is None:
+                # the regions of stubs that die with the server are removed below
+                self._shm_regions |= {s.shm_region for s in processes.python_stubs(p.pid)}
                 with contextlib.suppress(ProcessLookupError):
                     p.send_signal(signal.SIGTERM)
                 try:
@@ -396,6 +503,12 @@ class TritonServer:
             # the Python backend stubs live in the server's process group: none may outlive it
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, signal.SIGKILL)
+            # a stub killed (by the OOM killer, by the SIGKILL above, with a crashed server)
+            # leaves its shared memory in /dev/shm: remove what our server's stubs used
+            removed = processes.remove_shm_regions(self._shm_regions)
+            if removed:
+                log.info("removed %d stale /dev/shm region(s) of the Python backend", len(removed))
+            self._shm_regions = set()
         self._cleanup(keep_tmp=True)
         return rc
 

@@ -24,7 +24,11 @@ import numpy as np
 from ragrt.errors import ServerError
 from ragrt.serving import protocol
 from ragrt.serving.client_core import DEFAULT_TIMEOUT, Call, HttpStatusError, StreamEvent
-from ragrt.serving.endpoint import Endpoint
+from ragrt.serving.endpoint import Credentials, Endpoint
+
+#: tritonserver 2.51 reads a gRPC restriction's header KEY from the metadata key
+#: ``triton-grpc-protocol-KEY`` (HTTP: ``KEY`` itself)
+GRPC_RESTRICTED_PREFIX = "triton-grpc-protocol-"
 
 
 def infer_inputs(mod: Any, arrays: dict[str, np.ndarray]) -> list[Any]:
@@ -69,25 +73,49 @@ def sse_error_text(body: str, fallback: str) -> str:
 class _Transport:
     """What both transports share: the endpoint and the stream URL."""
 
-    def __init__(self, endpoint: Endpoint, timeout: float | None):
-        self.endpoint = endpoint
+    def __init__(self, endpoint: Endpoint, timeout: float | None, creds: Credentials | None = None):
+        self.creds = creds or Credentials()
+        self.endpoint = self.creds.secure(endpoint)
         self.grpc = endpoint.protocol == "grpc"
         self.timeout = timeout
+        #: sent with every call (``headers=`` of tritonclient's methods); over gRPC also
+        #: under the names tritonserver's --grpc-restricted-protocol checks
+        self.h = self.creds.header_dict()
+        if self.h and self.grpc:
+            self.h = {**self.h, **{GRPC_RESTRICTED_PREFIX + k: v for k, v in self.h.items()}}
+
+    def hdr(self) -> dict[str, str] | None:
+        """A fresh copy of the headers for one call (tritonclient.http adds its own to the
+        dict it is given)."""
+        return dict(self.h) if self.h else None
+
+    def grpc_client_args(self) -> dict[str, Any]:
+        """tritonclient.grpc(.aio) ``InferenceServerClient`` keywords: TLS and its files."""
+        c = self.creds
+        return {
+            "ssl": self.endpoint.ssl,
+            "root_certificates": c.root_certificates,
+            "private_key": c.private_key,
+            "certificate_chain": c.certificate_chain,
+        }
 
     def stream_url(self, model: str) -> str:
         scheme = "https" if self.endpoint.ssl else "http"
         return f"{scheme}://{self.endpoint.host_port}/v2/models/{model}/generate_stream"
 
     def infer_options(self) -> dict[str, Any]:
-        return {"client_timeout": self.timeout} if self.grpc else {}
+        opts: dict[str, Any] = {"headers": self.hdr()}
+        if self.grpc:
+            opts["client_timeout"] = self.timeout
+        return opts
 
 
 # -- blocking --------------------------------------------------------------------------------
 class BlockingTransport(_Transport):
     """tritonclient.grpc / tritonclient.http, one connection per thread."""
 
-    def __init__(self, endpoint: Endpoint, timeout: float | None):
-        super().__init__(endpoint, timeout)
+    def __init__(self, endpoint: Endpoint, timeout: float | None, creds: Credentials | None = None):
+        super().__init__(endpoint, timeout, creds)
         self._local = threading.local()
         self._all: list[Any] = []
         self._lock = threading.Lock()
@@ -107,7 +135,7 @@ class BlockingTransport(_Transport):
         if c is None:
             mod = self.module()
             if self.grpc:
-                c = mod.InferenceServerClient(self.endpoint.host_port, ssl=self.endpoint.ssl)
+                c = mod.InferenceServerClient(self.endpoint.host_port, **self.grpc_client_args())
             else:
                 t = self.timeout or DEFAULT_TIMEOUT
                 c = mod.InferenceServerClient(
@@ -131,17 +159,18 @@ class BlockingTransport(_Transport):
 
     def model_config(self, model: str) -> dict[str, Any]:
         if self.grpc:
-            return self._client().get_model_config(model, as_json=True).get("config", {})
-        return self._client().get_model_config(model)
+            cfg = self._client().get_model_config(model, as_json=True, headers=self.hdr())
+            return cfg.get("config", {})
+        return self._client().get_model_config(model, headers=self.hdr())
 
     def is_server_live(self) -> bool:
-        return self._client().is_server_live()
+        return self._client().is_server_live(headers=self.hdr())
 
     def is_server_ready(self) -> bool:
-        return self._client().is_server_ready()
+        return self._client().is_server_ready(headers=self.hdr())
 
     def is_model_ready(self, model: str) -> bool:
-        return self._client().is_model_ready(model)
+        return self._client().is_model_ready(model, headers=self.hdr())
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
@@ -159,8 +188,8 @@ class BlockingTransport(_Transport):
 
     def open_stream(self, model: str, arrays: dict[str, np.ndarray], body: dict[str, Any]) -> Any:
         if self.grpc:
-            return _GrpcStream(self.endpoint, self.timeout, model, arrays)
-        return _SseStream(self.stream_url(model), body, self.timeout)
+            return _GrpcStream(self, model, arrays)
+        return _SseStream(self.stream_url(model), body, self.timeout, self.hdr())
 
     def next_event(self, stream: Any) -> StreamEvent | None:
         return stream.next()
@@ -180,23 +209,36 @@ class BlockingTransport(_Transport):
 class _GrpcStream:
     """A gRPC bidirectional stream on its own connection, read through a queue."""
 
-    def __init__(self, endpoint: Endpoint, timeout: float | None, model: str, arrays: dict):
+    def __init__(self, transport: _Transport, model: str, arrays: dict):
         import tritonclient.grpc as grpcclient
 
-        self.timeout = timeout
-        self.url = endpoint.host_port
+        self.timeout = timeout = transport.timeout
+        self.url = transport.endpoint.host_port
         self.q: queue.Queue = queue.Queue()
-        self.c = grpcclient.InferenceServerClient(endpoint.host_port, ssl=endpoint.ssl)
+        self.c = grpcclient.InferenceServerClient(self.url, **transport.grpc_client_args())
         self.closed = False
         try:
             self.c.start_stream(
                 callback=lambda result, error: self.q.put((result, error)),
                 stream_timeout=timeout,
+                headers=transport.hdr(),
             )
             self.c.async_stream_infer(model, infer_inputs(grpcclient, arrays))
-        except BaseException:
+        except BaseException as e:
+            # a stream the server refused at once (e.g. a restricted protocol without its
+            # header) fails here with "no longer in valid state"; the reason is in the callback
+            reason = self._reported_error() if "valid state" in str(e) else None
             self.close()
+            if reason is not None:
+                raise reason from None
             raise
+
+    def _reported_error(self) -> BaseException | None:
+        try:
+            _, error = self.q.get(timeout=2.0)
+        except queue.Empty:
+            return None
+        return error if isinstance(error, BaseException) else None
 
     def next(self) -> StreamEvent:
         try:
@@ -222,12 +264,18 @@ class _GrpcStream:
 class _SseStream:
     """Triton's HTTP ``generate_stream`` endpoint, read line by line."""
 
-    def __init__(self, url: str, body: dict[str, Any], timeout: float | None):
+    def __init__(
+        self,
+        url: str,
+        body: dict[str, Any],
+        timeout: float | None,
+        headers: dict[str, str] | None = None,
+    ):
         req = urllib.request.Request(
             url,
             data=json.dumps(body).encode("utf-8"),
             method="POST",
-            headers={"Content-Type": "application/json"},
+            headers={**(headers or {}), "Content-Type": "application/json"},
         )
         try:
             self.resp = urllib.request.urlopen(req, timeout=timeout)
@@ -257,8 +305,8 @@ class _SseStream:
 class AsyncTransport(_Transport):
     """tritonclient.grpc.aio / tritonclient.http.aio, and aiohttp for HTTP streams."""
 
-    def __init__(self, endpoint: Endpoint, timeout: float | None):
-        super().__init__(endpoint, timeout)
+    def __init__(self, endpoint: Endpoint, timeout: float | None, creds: Credentials | None = None):
+        super().__init__(endpoint, timeout, creds)
         self._c: Any = None
 
     async def execute(self, call: Call) -> Any:
@@ -275,7 +323,9 @@ class AsyncTransport(_Transport):
         if self._c is None:
             mod = self.module()
             if self.grpc:
-                self._c = mod.InferenceServerClient(self.endpoint.host_port, ssl=self.endpoint.ssl)
+                self._c = mod.InferenceServerClient(
+                    self.endpoint.host_port, **self.grpc_client_args()
+                )
             else:
                 self._c = mod.InferenceServerClient(
                     self.endpoint.host_port,
@@ -294,18 +344,18 @@ class AsyncTransport(_Transport):
 
     async def model_config(self, model: str) -> dict[str, Any]:
         if self.grpc:
-            cfg = await self._client().get_model_config(model, as_json=True)
+            cfg = await self._client().get_model_config(model, as_json=True, headers=self.hdr())
             return cfg.get("config", {})
-        return await self._client().get_model_config(model)
+        return await self._client().get_model_config(model, headers=self.hdr())
 
     async def is_server_live(self) -> bool:
-        return await self._client().is_server_live()
+        return await self._client().is_server_live(headers=self.hdr())
 
     async def is_server_ready(self) -> bool:
-        return await self._client().is_server_ready()
+        return await self._client().is_server_ready(headers=self.hdr())
 
     async def is_model_ready(self, model: str) -> bool:
-        return await self._client().is_model_ready(model)
+        return await self._client().is_model_ready(model, headers=self.hdr())
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -319,7 +369,7 @@ class AsyncTransport(_Transport):
     async def open_stream(
         self, model: str, arrays: dict[str, np.ndarray], body: dict[str, Any]
     ) -> Any:
-        s = _AioGrpcStream(self.endpoint) if self.grpc else _AioSseStream()
+        s = _AioGrpcStream(self) if self.grpc else _AioSseStream(self.hdr())
         try:
             if self.grpc:
                 await s.open(model, arrays, self.timeout)
@@ -344,11 +394,14 @@ class _AioGrpcStream:
     """A gRPC stream on its own asyncio connection; the request side stays open until the
     final response arrives (or the stream is closed)."""
 
-    def __init__(self, endpoint: Endpoint):
+    def __init__(self, transport: _Transport):
         import tritonclient.grpc.aio as aio
 
         self.mod = aio
-        self.c = aio.InferenceServerClient(endpoint.host_port, ssl=endpoint.ssl)
+        self.h = transport.hdr()
+        self.c = aio.InferenceServerClient(
+            transport.endpoint.host_port, **transport.grpc_client_args()
+        )
         self.done = asyncio.Event()
         self.it: Any = None
         self.closed = False
@@ -360,7 +413,9 @@ class _AioGrpcStream:
             yield {"model_name": model, "inputs": inputs}
             await self.done.wait()
 
-        self.it = self.c.stream_infer(requests(), stream_timeout=timeout).__aiter__()
+        self.it = self.c.stream_infer(
+            requests(), stream_timeout=timeout, headers=self.h
+        ).__aiter__()
 
     async def next(self) -> StreamEvent | None:
         try:
@@ -386,7 +441,8 @@ class _AioGrpcStream:
 class _AioSseStream:
     """Triton's HTTP ``generate_stream`` endpoint over aiohttp."""
 
-    def __init__(self) -> None:
+    def __init__(self, headers: dict[str, str] | None = None) -> None:
+        self.headers = headers
         self.session: Any = None
         self.resp: Any = None
 
@@ -394,7 +450,7 @@ class _AioSseStream:
         import aiohttp
 
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
-        self.resp = await self.session.post(url, json=body)
+        self.resp = await self.session.post(url, json=body, headers=self.headers)
         if self.resp.status != 200:
             text = await self.resp.text()
             raise HttpStatusError(self.resp.status, sse_error_text(text, self.resp.reason or ""))
