@@ -212,7 +212,7 @@ def parse_questions(
     return qs
 
 
-def _int_param(get, name: str, rows: int, batched: bool) -> int | None:
+def _int_param(get: Callable[[str], Any], name: str, rows: int, batched: bool) -> int | None:
     arr = get(name)
     if arr is None:
         return None
@@ -297,7 +297,7 @@ def pack_docs(docs: Sequence[Sequence[Doc]]) -> dict[str, np.ndarray]:
     if any(len(d) != k for d in docs):
         raise ServerError("rows of one request retrieved different numbers of passages")
 
-    def strings(f):
+    def strings(f: Callable[[Any], str]) -> np.ndarray:
         return np.array(
             [[f(d).encode("utf-8") for d in row] for row in docs], dtype=np.object_
         ).reshape(b, k)
@@ -319,7 +319,7 @@ def unpack_docs(out: Callable[[str], np.ndarray | None], b: int) -> list[list[Do
     ids = np.asarray(ids).reshape(b, -1)
     k = ids.shape[1]
 
-    def strs(a):
+    def strs(a: Any) -> np.ndarray:
         return np.asarray(a).reshape(b, k) if a is not None else np.full((b, k), b"", dtype=object)
 
     scores = (

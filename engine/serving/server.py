@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ragrt.errors import InputError, ServerError
 from ragrt.serving import processes
@@ -209,7 +210,7 @@ class TritonServer:
         self.metrics = metrics
         self.proc: subprocess.Popen | None = None
         self._tmp: Path | None = None
-        self._log_handle = None
+        self._log_handle: IO[bytes] | None = None
         #: the Python backend stubs seen once the models were ready (instance name -> stub)
         self.stubs: dict[str, processes.Stub] = {}
         self._shm_regions: set[str] = set()

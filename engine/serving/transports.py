@@ -406,7 +406,7 @@ class _AioGrpcStream:
         self.it: Any = None
         self.closed = False
 
-    async def open(self, model: str, arrays: dict[str, np.ndarray], timeout: float | None):
+    async def open(self, model: str, arrays: dict[str, np.ndarray], timeout: float | None) -> None:
         inputs = infer_inputs(self.mod, arrays)
 
         async def requests() -> Any:
