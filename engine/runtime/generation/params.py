@@ -8,6 +8,7 @@ from typing import Any
 from ragrt.errors import InputError
 
 EARLY_STOPPING = (True, False, "never")
+SEQUENCE_DECODING = ("thorough", "fast")  # RAG-Sequence: rescore every candidate, or not
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class GenerationParams:
     # exclude_bos_score=True (the checkpoint's config value only affects the training loss)
     exclude_bos_score: bool = True
     do_deduplication: bool = True
+    # RAG-Sequence only: "thorough" rescores every candidate against every doc (the
+    # reference's generate); "fast" scores it under the docs whose beams produced it
+    sequence_decoding: str = "thorough"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,6 +86,10 @@ class GenerationParams:
         ):
             raise InputError(
                 f"early_stopping must be true, false or 'never', got {self.early_stopping!r}"
+            )
+        if self.sequence_decoding not in SEQUENCE_DECODING:
+            raise InputError(
+                f"sequence_decoding must be 'thorough' or 'fast', got {self.sequence_decoding!r}"
             )
         try:
             float(self.length_penalty)
