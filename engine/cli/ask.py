@@ -22,6 +22,11 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--num-return-sequences", type=int, help="hypotheses per question (<= beams)")
     p.add_argument("--no-repeat-ngram-size", type=int, help="ban repeated n-grams of this size")
+    p.add_argument(
+        "--sequence-decoding",
+        choices=["thorough", "fast"],
+        help="RAG-Sequence: rescore every candidate on every doc (thorough, default) or not (fast)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _gen_kwargs(args: argparse.Namespace) -> dict:
+def generation_kwargs(args: argparse.Namespace) -> dict:
     return {
         "mode": args.mode,
         "n_docs": args.n_docs,
@@ -60,6 +65,7 @@ def _gen_kwargs(args: argparse.Namespace) -> dict:
         "min_new_tokens": args.min_new_tokens,
         "num_return_sequences": args.num_return_sequences,
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "sequence_decoding": args.sequence_decoding,
     }
 
 
@@ -77,7 +83,7 @@ def print_result(res, as_json: bool, show_docs: int = 0) -> None:
 def run(args: argparse.Namespace) -> int:
     from ragrt.errors import InputError
 
-    kw = {k: v for k, v in _gen_kwargs(args).items() if v is not None}
+    kw = {k: v for k, v in generation_kwargs(args).items() if v is not None}
     if args.url:
         from ragrt.serving.client import RagClient
 
