@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,serve,dev]'
+	$(BIN)/pip install -qq -e '.[export,serve,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
