@@ -1,4 +1,5 @@
 # The README's two commands: `make demo` and `make test` (both set up .venv first).
+# `make test` = lint (ruff, ruff format, mypy over the runtime package) + pytest.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -22,6 +23,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider

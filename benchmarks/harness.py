@@ -20,10 +20,6 @@ from __future__ import annotations
 import datetime as _dt
 import gc
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +27,18 @@ from typing import Any
 
 import numpy as np
 
+from ragrt.benchmarks.machine import (
+    load_snapshot,
+    machine_info,
+    peak_rss_mib,
+    reset_peak_rss,
+    rss_mib,
+    versions,
+    wait_for_quiet,
+)
+from ragrt.benchmarks.stats import agreement, percentiles, summarize
 from ragrt.benchmarks.systems import STAGES, Answer, Workload
+from ragrt.benchmarks.targets import evaluate_targets, floors, rederive, roofline_points
 from ragrt.errors import DeviceError, InputError
 
 SCHEMA = "ragrt-bench/1"
@@ -120,272 +127,6 @@ class Settings:
             bandwidth_mib=32,
             smoke=True,
         )
-
-
-# -- machine -------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _mem_total_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
-BUSY_NAMES = ("pytest", "tritonserver", "index_bench", "serving_bench", "ragrt bench")
-
-
-def other_busy_processes() -> list[dict[str, Any]]:
-    """Other processes whose command line says they load the machine (tests, servers, benches)."""
-    out = []
-    me = os.getpid()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) in (me, os.getppid()):
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if any(n in cmd for n in BUSY_NAMES):
-            out.append({"pid": int(d.name), "cmd": cmd.strip()[:160]})
-    return out
-
-
-def load_snapshot() -> dict[str, Any]:
-    la = os.getloadavg()
-    return {
-        "time": _dt.datetime.now().isoformat(timespec="seconds"),
-        "loadavg_1_5_15": [round(x, 2) for x in la],
-        "others": other_busy_processes(),
-    }
-
-
-def gpu_info() -> dict[str, Any]:
-    """GPU name, memory and driver (nvidia-smi), plus what ONNX Runtime / torch see."""
-    info: dict[str, Any] = {}
-    try:
-        q = "name,memory.total,driver_version"
-        out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        rows = [r.split(", ") for r in out.stdout.strip().splitlines() if r.strip()]
-        info["gpus"] = [dict(zip(q.split(","), r)) for r in rows]
-    except (OSError, subprocess.SubprocessError):
-        info["gpus"] = []
-    try:
-        import onnxruntime as ort
-
-        info["ort_providers"] = ort.get_available_providers()
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import torch
-
-        info["torch_cuda"] = torch.version.cuda if torch.cuda.is_available() else None
-    except ImportError:  # pragma: no cover
-        pass
-    return info
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    from ragrt.runtime.sessions import cpu_threads
-
-    m = {
-        "hostname": platform.node(),
-        "cpu": _cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": cpu_threads(),
-        "mem_total_gib": _mem_total_gib(),
-        "os": platform.platform(),
-        "python": sys.version.split()[0],
-    }
-    if device != "cpu":
-        m["gpu"] = gpu_info()
-    return m
-
-
-def versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {}
-    for dist in (
-        "ragrt",
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "torch",
-        "transformers",
-        "optimum",
-        "optimum-onnx",
-        "faiss-cpu",
-        "faiss-gpu-cu12",
-        "numpy",
-        "tokenizers",
-        "onnx",
-    ):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    try:
-        out["git_commit"] = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        out["git_commit"] = None
-    return out
-
-
-def wait_for_quiet(max_load: float, wait_s: float, log=print) -> dict[str, Any]:
-    """Wait (up to ``wait_s``) until the 1-min load average is below ``max_load``."""
-    t0 = time.monotonic()
-    snap = load_snapshot()
-    while snap["loadavg_1_5_15"][0] >= max_load and time.monotonic() - t0 < wait_s:
-        log(f"load {snap['loadavg_1_5_15'][0]:.2f} >= {max_load}: waiting for a quiet machine")
-        time.sleep(min(30.0, max(1.0, wait_s - (time.monotonic() - t0))))
-        snap = load_snapshot()
-    snap["waited_s"] = round(time.monotonic() - t0, 1)
-    snap["quiet"] = snap["loadavg_1_5_15"][0] < max_load
-    return snap
-
-
-# -- memory --------------------------------------------------------------------------------------
-def _status_kib(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def rss_mib() -> float | None:
-    v = _status_kib("VmRSS")
-    return None if v is None else v / 1024
-
-
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mib() -> float | None:
-    v = _status_kib("VmHWM")
-    return None if v is None else v / 1024
-
-
-# -- statistics ------------------------------------------------------------------------------------
-def percentiles(xs: list[float]) -> dict[str, float]:
-    a = np.asarray(xs, dtype=np.float64)
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {
-        "p50": float(p50),
-        "p90": float(p90),
-        "p99": float(p99),
-        "mean": float(a.mean()),
-        "min": float(a.min()),
-        "n": int(a.size),
-    }
-
-
-def summarize(samples: list[dict[str, Any]], w: Workload) -> dict[str, Any]:
-    lat = [s["latency_s"] for s in samples]
-    st = percentiles(lat)
-    stages = {
-        k: float(np.median([s["stages"].get(k, 0.0) for s in samples]))
-        for k in sorted({k for s in samples for k in s["stages"]})
-    }
-    top = ("question_encoding", "search", "contexts", "generator")
-    stages["other"] = float(
-        np.median(
-            [max(0.0, s["latency_s"] - sum(s["stages"].get(k, 0.0) for k in top)) for s in samples]
-        )
-    )
-    steps = stages.get("decode_steps") or w.new_tokens
-    loop = stages.get("decode_loop", 0.0)
-    st.update(
-        questions_per_s=w.batch / st["p50"],
-        tokens_per_s=w.batch * w.new_tokens / st["p50"],
-        stages=stages,
-        step_ms=1000 * loop / steps if steps else None,
-        step_ort_ms=1000 * stages.get("decode_ort", 0.0) / steps if steps else None,
-        step_overhead_ms=1000 * stages.get("decode_overhead", 0.0) / steps if steps else None,
-        overhead_fraction=(stages.get("decode_overhead", 0.0) / loop) if loop else None,
-        generator_p50=float(np.median([s["stages"].get("generator", 0.0) for s in samples])),
-        peak_rss_mib=max((s.get("peak_rss_mib") or 0.0) for s in samples) or None,
-        peak_rss_delta_mib=max((s.get("peak_rss_delta_mib") or 0.0) for s in samples) or None,
-    )
-    return st
-
-
-def agreement(base: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:
-    """Agreement of ``other``'s answers with ``base``'s over the same calls.
-
-    Each element is one call's outputs: ``token_ids``, ``doc_ids`` and ``scores`` per question,
-    and (reference, greedy) ``margins``: per question and step, the best minus the second-best
-    marginal log-prob. For every question whose tokens differ, ``divergences`` gives the first
-    differing step, whether the docs were the same, and the base's margin at that step: a
-    margin near 0 is a float near-tie that rounding legitimately flips.
-    """
-    seq_same = tok_same = tok_total = doc_same = n = 0
-    score_diff = 0.0
-    distinct = []
-    divergences = []
-    for call, (b, o) in enumerate(zip(base, other)):
-        for i in range(len(b["token_ids"])):
-            n += 1
-            x, y = b["token_ids"][i], o["token_ids"][i]
-            seq_same += x == y
-            tok_same += sum(p == q for p, q in zip(x, y))
-            tok_total += max(len(x), len(y))
-            same_docs = b["doc_ids"][i] == o["doc_ids"][i]
-            doc_same += same_docs
-            score_diff = max(score_diff, abs(b["scores"][i] - o["scores"][i]))
-            distinct.append(len(set(x)))
-            if x != y:
-                t = next((k for k, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
-                m = (b.get("margins") or [None] * (i + 1))[i]
-                divergences.append(
-                    {
-                        "call": call,
-                        "question": i,
-                        "first_diff_step": t,
-                        "same_docs": same_docs,
-                        "base_margin_at_diff": m[t] if m and t < len(m) else None,
-                    }
-                )
-    margins = [v for b in base for m in (b.get("margins") or []) if m for v in m if v is not None]
-    return {
-        "questions": n,
-        "identical_sequences": seq_same / n if n else None,
-        "token_agreement": tok_same / tok_total if tok_total else None,
-        "same_docs": doc_same / n if n else None,
-        "max_abs_score_diff": score_diff,
-        "base_distinct_tokens_mean": float(np.mean(distinct)) if distinct else None,
-        "base_margin_median": float(np.median(margins)) if margins else None,
-        "divergences": divergences,
-    }
 
 
 # -- plan ------------------------------------------------------------------------------------------
@@ -664,6 +405,7 @@ class Bench:
         return loaded
 
     def _run_entry(self, e: Entry, loaded: dict[str, Any], bm: Any) -> list[dict[str, Any]]:
+        """Every system of ``e`` on the same question batches, interleaved; one run each."""
         s, w = self.s, e.workload
         batches = question_batches(w, s.questions)
         names = [x for x in e.systems if x in loaded]
@@ -675,45 +417,20 @@ class Bench:
         for _ in range(s.warmup):
             for name in names:
                 loaded[name].run(batches[0], w)
-        samples: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-        outputs: dict[str, list[Any]] = {n: [] for n in names}
-        unstable: dict[str, int] = {n: 0 for n in names}
-        k = 0
-        for rep in range(s.repeats):
-            for bi, qs in enumerate(batches):
-                order = names[k % len(names) :] + names[: k % len(names)]
-                k += 1
-                for name in order:
-                    # let the previous system's idle threads (ORT spin-waits, OpenMP) settle
-                    time.sleep(s.pause_s)
-                    ans, sample = run_call(loaded[name], qs, w)
-                    sample.update(repeat=rep, batch_index=bi)
-                    samples[name].append(sample)
-                    out = {
-                        "questions": qs,
-                        "token_ids": ans.token_ids,
-                        "doc_ids": ans.doc_ids,
-                        "scores": ans.scores,
-                        "margins": ans.detail.pop("margins", None),
-                    }
-                    if rep == 0:
-                        outputs[name].append(out)
-                    elif outputs[name][bi]["token_ids"] != ans.token_ids:
-                        unstable[name] += 1
+        samples, outputs, unstable = self._measure(names, loaded, batches, w)
         base = "reference" if "reference" in names else (names[0] if names else None)
         runs = []
         for name in names:
-            st = summarize(samples[name], w)
             run = {
                 "size": e.size,
                 "groups": e.groups,
                 "workload": w.to_dict(),
                 "system": name,
-                "stats": st,
+                "stats": summarize(samples[name], w),
                 "samples": samples[name],
                 "outputs_changed_between_repeats": unstable[name],
+                "outputs": outputs[name],
             }
-            run["outputs"] = outputs[name]
             if base and name != base:
                 run["agreement"] = agreement(outputs[base], outputs[name]) | {"baseline": base}
             if name.startswith("ragrt-") and "optimum-longest" in names:
@@ -722,287 +439,74 @@ class Bench:
                     outputs["optimum-longest"], outputs[name]
                 )
             runs.append(run)
-            self.log(
-                f"    {name:16s} p50 {st['p50'] * 1000:8.1f} ms  p90 {st['p90'] * 1000:8.1f} ms  "
-                f"{st['tokens_per_s']:7.1f} tok/s"
-                + (
-                    f"  identical {run['agreement']['identical_sequences']:.0%}"
-                    if "agreement" in run
-                    else ""
-                )
-            )
-        ref = next((r for r in runs if r["system"] == "reference"), None)
-        for r in runs:
-            if ref is not None:
-                r["speedup_vs_reference"] = ref["stats"]["p50"] / r["stats"]["p50"]
-                r["generator_speedup_vs_reference"] = (
-                    ref["stats"]["generator_p50"] / r["stats"]["generator_p50"]
-                )
-            for opt in ("optimum", "optimum-longest"):
-                o = next((x for x in runs if x["system"] == opt), None)
-                if o is not None and r["system"].startswith("ragrt-"):
-                    r[f"generator_speedup_vs_{opt}"] = (
-                        o["stats"]["generator_p50"] / r["stats"]["generator_p50"]
-                    )
+            self._log_run(run)
+        _add_speedups(runs)
         return runs
 
+    def _measure(
+        self, names: list[str], loaded: dict[str, Any], batches: list[list[str]], w: Workload
+    ) -> tuple[dict[str, list], dict[str, list], dict[str, int]]:
+        """Samples and first-repeat outputs per system; the system order rotates per call so
+        that slow drifts of a shared machine hit every system alike."""
+        samples: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        outputs: dict[str, list[Any]] = {n: [] for n in names}
+        unstable: dict[str, int] = {n: 0 for n in names}
+        k = 0
+        for rep in range(self.s.repeats):
+            for bi, qs in enumerate(batches):
+                order = names[k % len(names) :] + names[: k % len(names)]
+                k += 1
+                for name in order:
+                    # let the previous system's idle threads (ORT spin-waits, OpenMP) settle
+                    time.sleep(self.s.pause_s)
+                    ans, sample = run_call(loaded[name], qs, w)
+                    sample.update(repeat=rep, batch_index=bi)
+                    samples[name].append(sample)
+                    if rep == 0:
+                        outputs[name].append(
+                            {
+                                "questions": qs,
+                                "token_ids": ans.token_ids,
+                                "doc_ids": ans.doc_ids,
+                                "scores": ans.scores,
+                                "margins": ans.detail.pop("margins", None),
+                            }
+                        )
+                    else:
+                        ans.detail.pop("margins", None)
+                        unstable[name] += outputs[name][bi]["token_ids"] != ans.token_ids
+        return samples, outputs, unstable
 
-# -- derived -------------------------------------------------------------------------------------
-def rederive(result: dict[str, Any]) -> dict[str, Any]:
-    """(Re)compute everything derived from the samples: roofline, floors, agreement, targets.
-
-    A resumed run measured the machine's bandwidth and sgemm rate once per session; the roof
-    is the best of them (a roof is a maximum; a low reading is a disturbed measurement).
-    """
-    sessions = [result["bandwidth"]] + [x["bandwidth"] for x in result.get("resumed", [])]
-    if len(sessions) > 1:
-        best = dict(sessions[0])
-        for k in ("read_gbps", "gemv_gbps", "copy_gbps", "limit_gbps", "matmul_gflops"):
-            vals = [b[k] for b in sessions if k in b]
-            if vals:
-                best[k] = max(vals)
-        best["sessions"] = [
-            {k: b.get(k) for k in ("read_gbps", "gemv_gbps", "copy_gbps", "matmul_gflops")}
-            for b in sessions
-        ]
-        result["bandwidth"] = best
-    result["roofline"] = roofline_points(result)
-    result["floors"] = floors(result)
-    result["agreement"] = [
-        {"size": r["size"], "workload": r["workload"], "system": r["system"]} | r["agreement"]
-        for r in result["runs"]
-        if r.get("agreement")
-    ]
-    result["targets"] = evaluate_targets(result)
-    return result
+    def _log_run(self, run: dict[str, Any]) -> None:
+        st = run["stats"]
+        same = (
+            f"  identical {run['agreement']['identical_sequences']:.0%}"
+            if "agreement" in run
+            else ""
+        )
+        self.log(
+            f"    {run['system']:16s} p50 {st['p50'] * 1000:8.1f} ms  p90 "
+            f"{st['p90'] * 1000:8.1f} ms  {st['tokens_per_s']:7.1f} tok/s{same}"
+        )
 
 
-def roofline_points(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each ragrt run's decode step against its memory floor."""
-    from ragrt.benchmarks.roofline import step_bytes
-
-    limit = result["bandwidth"]["limit_gbps"] * 1e9
-    pts = []
-    for r in result["runs"]:
+def _add_speedups(runs: list[dict[str, Any]]) -> None:
+    """End-to-end and generator speedups against the reference and optimum, in place."""
+    by = {r["system"]: r for r in runs}
+    ref = by.get("reference")
+    for r in runs:
+        if ref is not None:
+            r["speedup_vs_reference"] = ref["stats"]["p50"] / r["stats"]["p50"]
+            r["generator_speedup_vs_reference"] = (
+                ref["stats"]["generator_p50"] / r["stats"]["generator_p50"]
+            )
         if not r["system"].startswith("ragrt-"):
             continue
-        prec = r["system"].split("-", 1)[1]
-        model = result["models"][r["size"]]
-        wb = model["step_weight_bytes"].get(prec)
-        if not wb:
-            continue
-        w = r["workload"]
-        ctx = [s["detail"].get("context_len") or 0 for s in r["samples"]]
-        calls = [s["detail"].get("ort_past_calls") or 0 for s in r["samples"]]
-        ort_past = [s["stages"].get("decode_ort_past", 0.0) for s in r["samples"]]
-        per_call = [t / c for t, c in zip(ort_past, calls) if c]
-        if not per_call:
-            continue
-        rows = w["batch"] * w["num_beams"] * w["n_docs"]
-        b = step_bytes(
-            wb["streamed"], model["generator"], rows, int(np.median(ctx)), w["new_tokens"]
-        )
-        t_ort = float(np.median(per_call))
-        st = r["stats"]
-        t_step = (st["step_ms"] or 0) / 1000
-        floor = b["total"] / limit
-        pts.append(
-            {
-                "size": r["size"],
-                "system": r["system"],
-                "workload": w,
-                "rows": rows,
-                "context_len": int(np.median(ctx)),
-                "bytes": b,
-                "floor_ms": 1000 * floor,
-                "ort_step_ms": 1000 * t_ort,
-                "step_ms": 1000 * t_step,
-                "ort_fraction_of_limit": floor / t_ort if t_ort else None,
-                "step_fraction_of_limit": floor / t_step if t_step else None,
-                "achieved_gbps": b["total"] / t_ort / 1e9 if t_ort else None,
-            }
-        )
-    return pts
-
-
-BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}
-
-
-def floors(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Physical lower bounds of ragrt's headline and batch-sweep calls.
-
-    floor = measured (question encoding + search + contexts) + generator floor
-    (:func:`ragrt.benchmarks.roofline.generator_floor`) at the context length ragrt ran
-    (padded to the longest context of the call). For the headline: the largest speedup over
-    the reference the floor allows; for batches: the throughput ceiling and the batch-B over
-    batch-1 gain an ideal implementation would get.
-    """
-    from ragrt.benchmarks.roofline import generator_floor, step_bytes
-
-    bw = result["bandwidth"]
-    out = []
-    head = result["settings"]["headline"]
-    for size, model in result["models"].items():
-        ref = _find(result, size, head, "reference")
-        for r in result["runs"]:
-            w = r["workload"]
-            same_but_batch = {k: v for k, v in w.items() if k != "batch"} == {
-                k: v for k, v in head.items() if k != "batch"
-            }
-            # fp32 on CPU only: the compute roof is the measured fp32 sgemm rate of the host
-            if r["size"] != size or r["system"] != "ragrt-fp32" or not same_but_batch:
-                continue
-            if result["settings"]["device"] != "cpu":
-                continue
-            prec = r["system"].split("-", 1)[1]
-            wb = model["step_weight_bytes"].get(prec)
-            eb = model.get("encoder_weight_bytes", {}).get(prec)
-            if not wb or not eb:
-                continue
-            st = r["stats"]["stages"]
-            ctx = int(np.median([s["detail"].get("context_len") or 0 for s in r["samples"]]))
-            rows = w["batch"] * w["num_beams"] * w["n_docs"]
-            fixed = sum(st.get(k, 0.0) for k in ("question_encoding", "search", "contexts"))
-            sb = step_bytes(wb["streamed"], model["generator"], rows, ctx, w["new_tokens"])
-            g = generator_floor(
-                eb,
-                sb,
-                model["generator"],
-                rows,
-                w["batch"] * w["n_docs"],
-                ctx,
-                w["new_tokens"],
-                bw["limit_gbps"],
-                bw["matmul_gflops"],
-                BYTES_PER_PARAM.get(prec, 4.0),
-                int(np.median([s["detail"].get("context_tokens") or 0 for s in r["samples"]])),
-            )
-            total = fixed + g["total_s"]
-            item = {
-                "size": size,
-                "system": r["system"],
-                "batch": w["batch"],
-                "headline": w == head,
-                "context_len": ctx,
-                "fixed_s": fixed,
-                "generator_floor": g,
-                "floor_s": total,
-                "measured_s": r["stats"]["p50"],
-                "measured_generator_s": r["stats"]["generator_p50"],
-                "fraction_of_floor": total / r["stats"]["p50"],
-                "ceiling_questions_per_s": w["batch"] / total,
-                "measured_questions_per_s": r["stats"]["questions_per_s"],
-            }
-            if "total_ragged_s" in g:
-                item["floor_ragged_s"] = fixed + g["total_ragged_s"]
-            if ref is not None and w == head:
-                item["max_speedup_vs_reference"] = ref["stats"]["p50"] / total
-                if "floor_ragged_s" in item:
-                    item["max_speedup_ragged_vs_reference"] = (
-                        ref["stats"]["p50"] / item["floor_ragged_s"]
-                    )
-            out.append(item)
-    for item in out:  # ideal batch gain: ceiling at batch B over ceiling at the headline batch
-        one = next(
-            (
-                x
-                for x in out
-                if x["size"] == item["size"] and x["system"] == item["system"] and x["headline"]
-            ),
-            None,
-        )
-        if one is not None:
-            item["ideal_gain_vs_headline_batch"] = (
-                item["ceiling_questions_per_s"] / one["ceiling_questions_per_s"]
-            )
-    return out
-
-
-def _find(result: dict[str, Any], size: str, w: dict[str, int], system: str) -> dict | None:
-    for r in result["runs"]:
-        if r["size"] == size and r["workload"] == w and r["system"] == system:
-            return r
-    return None
-
-
-def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, on the headline workload of the first size (bart-base when run)."""
-    s = result["settings"]
-    size = "bart-base" if "bart-base" in s["sizes"] else s["sizes"][0]
-    head = s["headline"]
-    fp32 = _find(result, size, head, "ragrt-fp32")
-    int8 = _find(result, size, head, "ragrt-int8")
-    out: list[dict[str, Any]] = []
-
-    def target(name: str, value: float | None, goal: float, higher: bool, note: str) -> None:
-        met = None if value is None else (value >= goal if higher else value < goal)
-        by = None
-        if value is not None and value != 0:
-            by = value / goal if higher else goal / value
-        out.append(
-            {
-                "target": name,
-                "size": size,
-                "value": value,
-                "goal": goal,
-                "higher_is_better": higher,
-                "met": met,
-                "ratio_to_goal": by,
-                "note": note,
-            }
-        )
-
-    if fp32 and "speedup_vs_reference" in fp32:
-        ag = fp32.get("agreement", {})
-        target(
-            "ragrt fp32 end-to-end speedup vs transformers",
-            fp32["speedup_vs_reference"],
-            3.0,
-            True,
-            f"identical sequences {ag.get('identical_sequences')}",
-        )
-    if fp32:
-        for opt in ("optimum-longest", "optimum"):
-            key = f"generator_speedup_vs_{opt}"
-            if key in fp32:
-                target(
-                    f"ragrt fp32 generator speedup vs {opt}",
-                    fp32[key],
-                    1.5,
-                    True,
-                    "same tensors" if opt == "optimum-longest" else "optimum fed 300-padded",
+        for opt in ("optimum", "optimum-longest"):
+            if opt in by:
+                r[f"generator_speedup_vs_{opt}"] = (
+                    by[opt]["stats"]["generator_p50"] / r["stats"]["generator_p50"]
                 )
-    if int8 and "speedup_vs_reference" in int8:
-        ag = int8.get("agreement", {})
-        target(
-            "ragrt int8 end-to-end speedup vs transformers",
-            int8["speedup_vs_reference"],
-            5.0,
-            True,
-            f"token agreement {ag.get('token_agreement')}, identical sequences "
-            f"{ag.get('identical_sequences')}",
-        )
-    bsizes = sorted(s["batch_sizes"])
-    if len(bsizes) > 1:
-        lo = _find(result, size, head | {"batch": bsizes[0]}, "ragrt-fp32")
-        hi = _find(result, size, head | {"batch": bsizes[-1]}, "ragrt-fp32")
-        if lo and hi:
-            target(
-                f"ragrt fp32 throughput batch {bsizes[-1]} / batch {bsizes[0]}",
-                hi["stats"]["questions_per_s"] / lo["stats"]["questions_per_s"],
-                6.0,
-                True,
-                "questions/s",
-            )
-    if fp32 and fp32["stats"].get("overhead_fraction") is not None:
-        target(
-            "ragrt fp32 per-step overhead outside ONNX Runtime",
-            fp32["stats"]["overhead_fraction"],
-            0.10,
-            False,
-            f"{fp32['stats']['step_overhead_ms']:.2f} ms of a {fp32['stats']['step_ms']:.2f} ms step",
-        )
-    return out
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -1052,4 +556,22 @@ def main(s: Settings, tensorrt: bool = False, log=print) -> dict[str, Any]:
     return result
 
 
-__all__ = ["Settings", "Bench", "main", "STAGES", "QUESTIONS"]
+__all__ = [
+    "QUESTIONS",
+    "SCHEMA",
+    "STAGES",
+    "Bench",
+    "Settings",
+    "agreement",
+    "build_plan",
+    "evaluate_targets",
+    "floors",
+    "load_snapshot",
+    "machine_info",
+    "main",
+    "percentiles",
+    "question_batches",
+    "rederive",
+    "roofline_points",
+    "summarize",
+]

@@ -48,33 +48,44 @@ def log(msg: str) -> None:
 
 # -- corpus ----------------------------------------------------------------------------------
 def _docstring_sentences(roots: list[str]) -> list[str]:
+    """Unique prose sentences (40-400 characters, mostly letters) of every docstring under
+    ``roots``, in a stable order."""
     seen: dict[str, None] = {}
     for root in roots:
-        for dp, dn, fn in os.walk(root):
-            dn.sort()
-            for f in sorted(fn):
-                if not f.endswith(".py"):
-                    continue
-                try:
-                    with open(os.path.join(dp, f), encoding="utf-8", errors="replace") as fh:
-                        tree = ast.parse(fh.read())
-                except (SyntaxError, ValueError, RecursionError, OSError):
-                    continue
-                for node in ast.walk(tree):
-                    if not isinstance(
-                        node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-                    ):
-                        continue
-                    doc = ast.get_docstring(node)
-                    if not doc:
-                        continue
-                    for para in re.split(r"\n\s*\n", doc):
-                        para = " ".join(para.split())
-                        for s in _SENT.split(para):
-                            if 40 <= len(s) <= 400 and sum(c.isalpha() for c in s) > 0.6 * len(s):
-                                seen.setdefault(s)
+        for path in _python_files(root):
+            for doc in _docstrings(path):
+                for sentence in _sentences(doc):
+                    seen.setdefault(sentence)
         log(f"corpus: {len(seen)} unique sentences after {root}")
     return list(seen)
+
+
+def _python_files(root: str) -> list[str]:
+    out = []
+    for dp, dn, fn in os.walk(root):
+        dn.sort()
+        out += [os.path.join(dp, f) for f in sorted(fn) if f.endswith(".py")]
+    return out
+
+
+def _docstrings(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            tree = ast.parse(fh.read())
+    except (SyntaxError, ValueError, RecursionError, OSError):
+        return []
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    docs = (ast.get_docstring(node) for node in ast.walk(tree) if isinstance(node, kinds))
+    return [d for d in docs if d]
+
+
+def _sentences(doc: str) -> list[str]:
+    out = []
+    for para in re.split(r"\n\s*\n", doc):
+        for s in _SENT.split(" ".join(para.split())):
+            if 40 <= len(s) <= 400 and sum(c.isalpha() for c in s) > 0.6 * len(s):
+                out.append(s)
+    return out
 
 
 def corpus() -> list[str]:
@@ -196,7 +207,10 @@ def _rss_mib() -> float:
 
 
 def _recall(got: np.ndarray, truth: np.ndarray, k: int) -> float:
-    return float(np.mean([len(set(g[:k]) & set(t[:k])) / k for g, t in zip(got, truth)]))
+    """recall@k: the share of the exact top-k found in the top-k (faiss.contrib's measure)."""
+    from faiss.contrib.evaluation import knn_intersection_measure
+
+    return float(knn_intersection_measure(got[:, :k], truth[:, :k]))
 
 
 def synthetic_extension(real: np.ndarray, n: int, seed: int = 1, sigma: float = 0.03) -> np.ndarray:

@@ -11,9 +11,10 @@ encoding, retrieval, context building, generation) and reports where its time we
   contexts to the longest one, i.e. feeds the generator exactly the tensors ragrt feeds it.
 - ``ragrt-<precision>``: :meth:`ragrt.engine.RagEngine.generate`.
 
-Timing instrumentation wraps methods of *instances* (engine stages, ONNX Runtime sessions, the
-decoder step, torch module hooks); nothing in the engine is modified. A wrapper costs about a
-microsecond per call.
+ragrt's stage times come from the engine's stage hooks (:mod:`ragrt.tracing`); model time inside
+the decode loops is measured by wrapping *instances* (ONNX Runtime sessions, the decoder step,
+torch module hooks); nothing in the engine is modified. A wrapper costs about a microsecond per
+call.
 """
 
 from __future__ import annotations
@@ -149,6 +150,11 @@ def _decode_stages(c: Clock, loop_s: float, model_key: str, steps: int) -> dict[
 
 # -- ragrt --------------------------------------------------------------------------------------
 class RagrtSystem:
+    """ragrt's engine. Stage times come from the engine's own hooks (a
+    :class:`ragrt.tracing.StageTimer` per call); inside the decode, the generator's ONNX Runtime
+    sessions and decoder steps (its public attributes) are wrapped to split model time from
+    the loop's own work."""
+
     family = "ragrt"
 
     def __init__(self, bm: Any, precision: str, device: str = "cpu", threads: int = 0) -> None:
@@ -161,27 +167,12 @@ class RagrtSystem:
             bm.art, bm.index, precision=precision, device=device, intra_op_threads=threads
         )
         self.clock = Clock()
-        self._instrument()
+        self.instrument_generator()
         self.info = {"device": device, "index": _index_info(self.engine.index)}
 
-    def _instrument(self) -> None:
-        e, c = self.engine, self.clock
-        e._encode = c.wrap(e._encode, "question_encoding")
-        e._search = c.wrap(e._search, "search")
-        contexts = e._contexts
-
-        def timed_contexts(*args: Any) -> Any:
-            t0 = perf_counter()
-            prep = contexts(*args)
-            c.add("contexts", perf_counter() - t0)
-            c.marks["context_shape"] = prep.context_ids.shape  # type: ignore[assignment]
-            c.marks["context_tokens"] = int(prep.context_mask.sum())
-            return prep
-
-        e._contexts = timed_contexts
-        e._decode = c.wrap(e._decode, "generator")
-        g = e.generator
-        g.encode = c.wrap(g.encode, "generator_encoder", mark="encoder_end")
+    def instrument_generator(self) -> None:
+        """Time the generator's sessions (``ort_first``/``ort_past``) and decoder steps."""
+        g, c = self.engine.generator, self.clock
         g.decoder = SessionProxy(g.decoder, c, "ort_first")
         g.decoder_with_past = SessionProxy(g.decoder_with_past, c, "ort_past")
         make_step = g.decoder_step
@@ -192,8 +183,11 @@ class RagrtSystem:
         g.decoder_step = decoder_step
 
     def run(self, questions: list[str], w: Workload) -> Answer:
+        from ragrt.tracing import StageTimer
+
         c = self.clock
         c.reset()
+        timer = StageTimer()
         t0 = perf_counter()
         res = self.engine.generate(
             questions,
@@ -202,15 +196,23 @@ class RagrtSystem:
             num_beams=w.num_beams,
             max_new_tokens=w.new_tokens,
             min_new_tokens=w.new_tokens,
+            tracer=timer,
         )
         latency = perf_counter() - t0
-        steps = c.n.get("step_first", 0) + c.n.get("step", 0)
-        loop = c.marks.get("loop_end", 0.0) - c.marks.get("encoder_end", 0.0)
+
+        def sec(*names: str) -> float:
+            return sum(timer.ms.get(n, 0.0) for n in names) / 1000.0
+
+        loop = sec("decode")
         c.t["decode_model"] = c.t.get("ort_first", 0.0) + c.t.get("ort_past", 0.0)
-        stages = {k: c.t.get(k, 0.0) for k in ("question_encoding", "search", "contexts")}
-        stages["generator"] = c.t.get("generator", 0.0)
-        stages["generator_encoder"] = c.t.get("generator_encoder", 0.0)
-        stages.update(_decode_stages(c, loop, "decode_model", steps))
+        stages: dict[str, Any] = {
+            "question_encoding": sec("question_tokenize", "question_encode"),
+            "search": sec("search"),
+            "contexts": sec("contexts"),
+            "generator": sec("generator_encode", "decode", "rescore", "detokenize"),
+            "generator_encoder": sec("generator_encode"),
+        }
+        stages.update(_decode_stages(c, loop, "decode_model", timer.steps))
         step_calls = c.t.get("step_first", 0.0) + c.t.get("step", 0.0)
         stages["decode_feeds"] = max(0.0, step_calls - stages["decode_ort"])
         stages["decode_select"] = c.t.get("select", 0.0)
@@ -220,7 +222,8 @@ class RagrtSystem:
         stages["decode_first_step"] = c.t.get("step_first", 0.0)
         stages["decode_ort_first"] = c.t.get("ort_first", 0.0)
         stages["decode_ort_past"] = c.t.get("ort_past", 0.0)
-        shape = c.marks.get("context_shape")
+        ctx = timer.info.get("contexts", {})
+        shape = ctx.get("context_shape")
         return Answer(
             [list(r.token_ids) for r in res],
             [[d.id for d in r.docs] for r in res],
@@ -229,7 +232,7 @@ class RagrtSystem:
             stages,
             {
                 "context_len": int(shape[1]) if shape else None,
-                "context_tokens": c.marks.get("context_tokens"),
+                "context_tokens": ctx.get("context_tokens"),
                 "ort_past_calls": c.n["ort_past"],
             },
         )
@@ -240,16 +243,16 @@ class RagrtSystem:
 
 
 def _index_info(index: Any) -> dict[str, Any]:
-    """Which FAISS class searches (``Gpu*`` on a GPU) and why (ragrt's GPU plan)."""
+    """Which FAISS class the index is and where it searches (ragrt's GPU plan)."""
     from dataclasses import asdict
 
     out: dict[str, Any] = {}
     try:
         import faiss
 
-        out["class"] = type(faiss.downcast_index(index._search_index)).__name__
+        out["class"] = type(faiss.downcast_index(index.shards[0].index)).__name__
     except Exception:  # informational only
-        out["class"] = type(getattr(index, "_search_index", index)).__name__
+        out["class"] = type(index).__name__
     plan = getattr(index, "plan", None)
     if plan is not None:
         out["plan"] = asdict(plan)
@@ -388,7 +391,7 @@ class TorchRagSystem:
             ):
                 if part is not None:
                     part.session = SessionProxy(part.session, c, key)
-            model.rag._modules["generator"] = _optimum_generator(ort_model, c)
+            model.rag.generator = _optimum_generator(ort_model, c)  # nn.Module: registered
             gc.collect()
             self.ort_model = ort_model
         if self.device == "cuda":

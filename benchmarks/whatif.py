@@ -53,8 +53,8 @@ def _session(path: Path, threads: int, spinning: bool = True) -> Any:
 
 
 def headline_contexts(engine: Any, questions: list[str], n_docs: int) -> list[Any]:
-    """The generator inputs ragrt builds for each question (``_Prepared``)."""
-    return [engine._prepare([q], n_docs) for q in questions]
+    """The generator inputs ragrt builds for each question (``RagEngine.prepare``)."""
+    return [engine.prepare([q], n_docs) for q in questions]
 
 
 def ragged_encoder(enc_path: Path, preps: list[Any], threads: int, repeats: int) -> dict[str, Any]:

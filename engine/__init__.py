@@ -10,6 +10,7 @@ from typing import Any
 
 from ragrt.errors import (
     ArtifactError,
+    Cancelled,
     DeviceError,
     InputError,
     RagrtError,
@@ -32,6 +33,11 @@ _LAZY = {
     "RagClient": "ragrt.serving.client",
     "AsyncRagClient": "ragrt.serving.client",
     "ArtifactManifest": "ragrt.runtime.manifest",
+    "Retriever": "ragrt.retrieval.retriever",
+    "GenerationRequest": "ragrt.runtime.generation.request",
+    "Tracer": "ragrt.tracing",
+    "StageTimer": "ragrt.tracing",
+    "Cancellation": "ragrt.runtime.generation.streaming",
 }
 
 __all__ = [
@@ -42,6 +48,7 @@ __all__ = [
     "UnsupportedModelError",
     "DeviceError",
     "ServerError",
+    "Cancelled",
     *_LAZY,
 ]
 

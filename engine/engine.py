@@ -10,9 +10,7 @@ reaches back up the chain.
 
 from __future__ import annotations
 
-import logging
 import os
-import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,27 +18,29 @@ from typing import Any
 
 import numpy as np
 
-from ragrt.errors import InputError, RagrtError
+from ragrt.errors import Cancelled, InputError, RagrtError
 from ragrt.inputs import check_questions
 from ragrt.results import Doc, GenerationResult, Hypothesis
+from ragrt.retrieval.index import PassageIndex
+from ragrt.retrieval.retriever import Retriever
 from ragrt.runtime import manifest as manifest_mod
+from ragrt.runtime.contexts import build_generator_inputs
 from ragrt.runtime.encoders import TextEncoder
-from ragrt.runtime.manifest import ArtifactManifest, check_precision
+from ragrt.runtime.generation import rag_sequence, rag_token
+from ragrt.runtime.generation.request import MODES, GenerationRequest
+from ragrt.runtime.generation.streaming import Cancellation, Streamer, TextIteratorStreamer
+from ragrt.runtime.generator import Seq2SeqGenerator
+from ragrt.runtime.manifest import ArtifactManifest
 from ragrt.runtime.sessions import SessionOptions
 from ragrt.runtime.text import TextTokenizer
+from ragrt.tracing import Tracer, stage
 
-log = logging.getLogger(__name__)
-
-MODES = ("token", "sequence")
-# T5 has relative positions (no hard limit): cap generation at something still sane
-MAX_NEW_TOKENS_NO_POSITIONS = 2048
-
-__all__ = ["RagEngine", "GenerationResult", "Doc", "MODES"]
+__all__ = ["RagEngine", "GenerationResult", "GenerationRequest", "GeneratorInputs", "Doc", "MODES"]
 
 
 @dataclass
-class _Prepared:
-    """One batch of questions after retrieval: what the generator needs."""
+class GeneratorInputs:
+    """One batch of questions after retrieval and context building: what the generator reads."""
 
     questions: list[str]
     docs: list[list[Doc]]
@@ -56,23 +56,27 @@ class RagEngine:
     def __init__(
         self,
         manifest: ArtifactManifest,
-        question_encoder: TextEncoder,
-        generator: Any,
+        retriever: Retriever,
+        generator: Seq2SeqGenerator,
         generator_tokenizer: TextTokenizer,
-        index: Any | None,
         precision: str,
         device: str,
-        nprobe: int | None = None,
     ):
         self.manifest = manifest
-        self.question_encoder = question_encoder
+        self.retriever = retriever
         self.generator = generator
         self.generator_tokenizer = generator_tokenizer
-        self.index = index
         self.precision = precision
         self.device = device
-        self.nprobe = nprobe
         self.defaults = manifest.generation
+
+    @property
+    def question_encoder(self) -> TextEncoder:
+        return self.retriever.encoder
+
+    @property
+    def index(self) -> PassageIndex | None:
+        return self.retriever.index
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
@@ -93,149 +97,117 @@ class RagEngine:
         Several index dirs are searched as shards of one corpus. Without an index only
         :meth:`embed` and :meth:`generate_from_docs` work.
         """
-        from ragrt.runtime.generator import Seq2SeqGenerator
-
-        check_precision(precision)
         m = manifest_mod.load(model_dir, verify=verify, precision=precision)
         opts = SessionOptions(device=device, intra_op_threads=intra_op_threads)
-        qenc = TextEncoder.from_manifest(m, "question_encoder", precision, opts)
+        retriever = Retriever.from_manifest(m, index_dir, precision, opts, nprobe=nprobe)
         gen = Seq2SeqGenerator.from_spec(m.generator, m.root, precision, opts)
         gtok = TextTokenizer(
             m.path(m.generator.tokenizer),
             pad_token_id=m.generation.pad_token_id,
             clean_up=m.generator.clean_up_tokenization_spaces,
         )
-        index = None
-        if index_dir is not None:
-            from ragrt.retrieval.index import PassageIndex
+        return cls(m, retriever, gen, gtok, precision, device)
 
-            index = PassageIndex.open(index_dir, device="cpu" if device == "cpu" else "auto")
-            index.check_encoder(m)
-        return cls(m, qenc, gen, gtok, index, precision, device, nprobe)
+    # -- options -------------------------------------------------------------------------
+    def request(self, mode: str | None = None, **overrides: Any) -> GenerationRequest:
+        """Resolve generation options once: the manifest's generation defaults, then
+        ``overrides`` (``n_docs``, ``num_beams``, any :class:`GenerationParams` field), the
+        mode defaulted to the checkpoint's class; validated here and nowhere else."""
+        return GenerationRequest.resolve(
+            self.defaults,
+            max_positions=self.manifest.generator.max_positions,
+            mode=mode,
+            **overrides,
+        )
 
-    # -- input checks ----------------------------------------------------------------------
-    def _check_questions(self, questions: Any) -> list[str]:
-        return check_questions(questions)
-
-    def _mode(self, mode: str | None) -> str:
-        """The decoding mode, defaulting to the checkpoint's class (RagToken / RagSequence)."""
-        mode = mode or self.defaults.rag_type
-        if mode not in MODES:
+    def _resolve(self, request: GenerationRequest | None, **kwargs: Any) -> GenerationRequest:
+        if request is None:
+            return self.request(**kwargs)
+        given = sorted(k for k, v in kwargs.items() if v is not None)
+        if given:
             raise InputError(
-                f"unknown mode {mode!r}: choose 'token' (RAG-Token) or 'sequence' (RAG-Sequence)"
+                f"pass generation options either in request= or as keywords, not both "
+                f"(got request and {', '.join(given)})"
             )
-        return mode
-
-    def _check_n_docs(self, n_docs: int) -> int:
-        if isinstance(n_docs, bool) or not isinstance(n_docs, (int, np.integer)) or n_docs <= 0:
-            raise InputError(f"n_docs must be a positive integer, got {n_docs!r}")
-        if self.index is not None and n_docs > len(self.index):
-            raise InputError(
-                f"n_docs={n_docs} is larger than the index ({len(self.index)} passages)"
-            )
-        return int(n_docs)
-
-    def _params(self, n_docs: int, **overrides: Any):
-        from ragrt.runtime.generation import GenerationParams
-
-        p = GenerationParams.from_defaults(self.defaults, n_docs=n_docs, **overrides)
-        limit = self.manifest.generator.max_positions - 1
-        if limit <= 0:
-            limit = MAX_NEW_TOKENS_NO_POSITIONS
-        if p.max_new_tokens > limit:
-            raise InputError(
-                f"max_new_tokens={p.max_new_tokens} is more than this generator can produce "
-                f"({limit}); ask for fewer"
-            )
-        return p
+        return request
 
     # -- retrieval half --------------------------------------------------------------------
-    def _encode(self, questions: list[str]) -> tuple[np.ndarray, list[str]]:
-        """Embeddings and the question strings as the generator sees them.
-
-        As in the reference, the question fed to the generator is the question-encoder ids
-        decoded back (lower-cased by uncased vocabularies, truncated like the ids).
-        """
-        spec = self.question_encoder.spec
-        tok = self.question_encoder.tokenizer
-        for i, q in enumerate(questions):
-            n = tok.token_count(q)
-            if n > spec.max_length:
-                log.warning(
-                    "question %d has %d tokens, more than the question encoder's limit of %d: "
-                    "truncated",
-                    i,
-                    n,
-                    spec.max_length,
-                )
-        ids, mask = self.question_encoder.tokenize(questions)
-        emb = self.question_encoder.run(ids, mask)
-        texts = [tok.decode(row[m.astype(bool)]) for row, m in zip(ids, mask)]
-        return emb, texts
-
-    def embed(self, questions: Sequence[str]) -> np.ndarray:
+    def embed(self, questions: Sequence[str], *, tracer: Tracer | None = None) -> np.ndarray:
         """Question embeddings ``[B, dim]`` float32."""
-        return self._encode(self._check_questions(questions))[0]
+        return self.retriever.embed(questions, tracer=tracer)
 
-    def _require_index(self) -> Any:
-        if self.index is None:
-            raise InputError(
-                "this engine was loaded without an index: pass index_dir to RagEngine.load"
-            )
-        return self.index
-
-    def _search(self, emb: np.ndarray, k: int) -> tuple[list[list[Doc]], np.ndarray]:
-        index = self._require_index()
-        res = index.search(emb, k, nprobe=self.nprobe)
-        docs = index.docs(res)
-        if any(len(d) < k for d in docs):
-            raise InputError(
-                f"the index returned fewer than n_docs={k} passages for a question "
-                "(raise nprobe or lower n_docs)"
-            )
-        return docs, np.asarray(res.scores, dtype=np.float32)
-
-    def retrieve(self, questions: Sequence[str], k: int | None = None) -> list[list[Doc]]:
+    def retrieve(
+        self, questions: Sequence[str], k: int | None = None, *, tracer: Tracer | None = None
+    ) -> list[list[Doc]]:
         """Top-``k`` passages per question (default ``n_docs`` of the model), best first."""
-        qs = self._check_questions(questions)
-        k = self._check_n_docs(self.defaults.n_docs if k is None else k)
-        emb, _ = self._encode(qs)
-        return self._search(emb, k)[0]
+        return self.retriever.retrieve(questions, k, tracer=tracer)
+
+    def prepare(
+        self, questions: Sequence[str], n_docs: int | None = None, *, tracer: Tracer | None = None
+    ) -> GeneratorInputs:
+        """Retrieval and context building without generating: what the generator would read
+        for ``questions`` with ``n_docs`` passages each (default: the model's)."""
+        qs = check_questions(questions)
+        return self._retrieve_contexts(qs, self.request(n_docs=n_docs).n_docs, tracer)
+
+    def _retrieve_contexts(
+        self, questions: list[str], n_docs: int, tracer: Tracer | None
+    ) -> GeneratorInputs:
+        self.retriever.require_index()
+        self.retriever.check_n_docs(n_docs)
+        q = self.retriever.encode(questions, tracer=tracer)
+        hits = self.retriever.search(q.embeddings, n_docs, tracer=tracer)
+        return self._contexts(questions, q.texts, hits.docs, hits.scores, tracer)
+
+    def _contexts(
+        self,
+        questions: list[str],
+        qtexts: list[str],
+        docs: list[list[Doc]],
+        scores: np.ndarray,
+        tracer: Tracer | None,
+    ) -> GeneratorInputs:
+        with stage(tracer, "contexts") as info:
+            ids, mask = build_generator_inputs(
+                qtexts, docs, self.generator_tokenizer, self.defaults
+            )
+            info["context_shape"] = ids.shape
+            info["context_tokens"] = int(mask.sum())
+        return GeneratorInputs(questions, docs, scores, ids, mask)
 
     # -- generation ------------------------------------------------------------------------
-    def _prepare(self, questions: list[str], n_docs: int) -> _Prepared:
-        emb, qtexts = self._encode(questions)
-        docs, scores = self._search(emb, n_docs)
-        return self._contexts(questions, qtexts, docs, scores)
-
-    def _contexts(self, questions, qtexts, docs, scores) -> _Prepared:
-        from ragrt.runtime.contexts import build_contexts
-
-        d = self.defaults
-        strings = build_contexts(qtexts, docs, d)
-        ids, mask = self.generator_tokenizer.encode_batch(strings, max_length=d.max_combined_length)
-        return _Prepared(questions, docs, scores, ids, mask)
-
-    def _decode(self, prep: _Prepared, mode: str, params, on_token=None) -> list[GenerationResult]:
-        from ragrt.runtime.generation import rag_sequence, rag_token
-
-        fn = rag_token.generate if mode == "token" else rag_sequence.generate
-        kwargs = {"on_token": on_token} if (mode == "token" and on_token is not None) else {}
-        hyps = fn(
-            self.generator, prep.context_ids, prep.context_mask, prep.doc_scores, params, **kwargs
+    def _decode(
+        self,
+        inputs: GeneratorInputs,
+        req: GenerationRequest,
+        tracer: Tracer | None,
+        stopping: Cancellation | None,
+        streamer: Streamer | None = None,
+    ) -> list[GenerationResult]:
+        args = (
+            self.generator,
+            inputs.context_ids,
+            inputs.context_mask,
+            inputs.doc_scores,
+            req.params,
         )
+        if req.mode == "token":
+            hyps = rag_token.generate(*args, streamer=streamer, stopping=stopping, tracer=tracer)
+        else:
+            hyps = rag_sequence.generate(*args, stopping=stopping, tracer=tracer)
         out = []
-        for q, docs, hs in zip(prep.questions, prep.docs, hyps):
-            seqs = [
-                Hypothesis(
-                    self.generator_tokenizer.decode(h.token_ids),
-                    list(map(int, h.token_ids)),
-                    float(h.score),
-                )
-                for h in hs
-            ]
-            best = seqs[0]
-            out.append(GenerationResult(q, best.text, best.token_ids, best.score, docs, seqs))
+        with stage(tracer, "detokenize"):
+            for q, docs, hs in zip(inputs.questions, inputs.docs, hyps):
+                seqs = [
+                    Hypothesis(
+                        self.generator_tokenizer.decode(h.token_ids),
+                        list(map(int, h.token_ids)),
+                        float(h.score),
+                    )
+                    for h in hs
+                ]
+                best = seqs[0]
+                out.append(GenerationResult(q, best.text, best.token_ids, best.score, docs, seqs))
         return out
 
     def generate(
@@ -247,6 +219,10 @@ class RagEngine:
         max_new_tokens: int | None = None,
         min_new_tokens: int | None = None,
         num_return_sequences: int | None = None,
+        *,
+        request: GenerationRequest | None = None,
+        tracer: Tracer | None = None,
+        stopping: Cancellation | None = None,
         **generation_overrides: Any,
     ) -> list[GenerationResult]:
         """Answer ``questions`` as one batch; one :class:`GenerationResult` per question.
@@ -255,51 +231,58 @@ class RagEngine:
         checkpoint's class. Unset parameters come from the manifest's generation config.
         Other keyword arguments (``no_repeat_ngram_size``, ``length_penalty``,
         ``early_stopping``, ...) are :class:`~ragrt.runtime.generation.GenerationParams` fields.
+        Or pass ``request=engine.request(...)``, resolved once and reused.
+        ``tracer`` (e.g. a :class:`~ragrt.tracing.StageTimer`) sees every stage; cancelling
+        ``stopping`` stops the decode before its next step (:class:`~ragrt.errors.Cancelled`).
         Memory grows with ``len(questions) * num_beams * n_docs`` decoder rows.
         """
-        return self._generate(
-            questions,
-            mode,
-            n_docs,
-            None,
+        qs = check_questions(questions)
+        req = self._resolve(
+            request,
+            mode=mode,
+            n_docs=n_docs,
             num_beams=num_beams,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             num_return_sequences=num_return_sequences,
             **generation_overrides,
         )
-
-    def _generate(
-        self, questions, mode, n_docs, on_token, **overrides: Any
-    ) -> list[GenerationResult]:
-        qs = self._check_questions(questions)
-        mode = self._mode(mode)
-        n = self._check_n_docs(self.defaults.n_docs if n_docs is None else n_docs)
-        params = self._params(n, **overrides)
-        self._require_index()
-        return self._decode(self._prepare(qs, n), mode, params, on_token)
+        inputs = self._retrieve_contexts(qs, req.n_docs, tracer)
+        return self._decode(inputs, req, tracer, stopping)
 
     def generate_from_docs(
         self,
         questions: Sequence[str],
         docs: Sequence[Sequence[Doc]],
         mode: str | None = None,
+        *,
+        request: GenerationRequest | None = None,
+        tracer: Tracer | None = None,
+        stopping: Cancellation | None = None,
         **kwargs: Any,
     ) -> list[GenerationResult]:
         """Generate from given docs (with their ``score`` as doc scores), skipping retrieval."""
-        qs = self._check_questions(questions)
-        mode = self._mode(mode)
+        qs = check_questions(questions)
         if len(docs) != len(qs) or len({len(d) for d in docs}) != 1 or not docs[0]:
             raise InputError("docs must hold the same non-zero number of Doc per question")
         n = len(docs[0])
-        params = self._params(n, **kwargs)
-        _, qtexts = self._encode(qs)
+        if kwargs.get("n_docs") not in (None, n):
+            raise InputError(f"n_docs={kwargs['n_docs']} but the docs hold {n} per question")
+        kwargs.pop("n_docs", None)
+        req = self._resolve(request, mode=mode, **kwargs).with_n_docs(n)
+        qtexts = self.retriever.encode(qs, tracer=tracer).texts
         scores = np.array([[d.score for d in row] for row in docs], dtype=np.float32)
-        prep = self._contexts(qs, qtexts, [list(r) for r in docs], scores)
-        return self._decode(prep, mode, params)
+        inputs = self._contexts(qs, qtexts, [list(r) for r in docs], scores, tracer)
+        return self._decode(inputs, req, tracer, stopping)
 
     def generate_each(
-        self, questions: Sequence[Any], **kwargs: Any
+        self,
+        questions: Sequence[Any],
+        *,
+        request: GenerationRequest | None = None,
+        tracer: Tracer | None = None,
+        stopping: Cancellation | None = None,
+        **kwargs: Any,
     ) -> list[GenerationResult | RagrtError]:
         """Like :meth:`generate`, but a bad question yields its error in place of its result
         instead of failing the whole batch; the good ones still run as one batch."""
@@ -308,72 +291,66 @@ class RagEngine:
         good = []
         for i, q in enumerate(qs):
             try:
-                self._check_questions([q])
+                check_questions([q])
                 good.append(i)
             except RagrtError as e:
                 out[i] = InputError(f"question {i}: {e}")
         if good:
-            try:
-                res = self.generate([qs[i] for i in good], **kwargs)
-            except RagrtError as e:  # a parameter error concerns every question
+            res: Sequence[GenerationResult | RagrtError]
+            try:  # a parameter error concerns every question
+                req = self._resolve(request, **kwargs)
+                res = self.generate(
+                    [qs[i] for i in good], request=req, tracer=tracer, stopping=stopping
+                )
+            except RagrtError as e:
                 res = [e] * len(good)
             for i, r in zip(good, res):
                 out[i] = r
-        return out  # type: ignore[return-value]
+        return [r for r in out if r is not None]
 
-    def stream(self, question: str, **kwargs: Any) -> Iterator[str]:
+    def stream(
+        self,
+        question: str,
+        *,
+        request: GenerationRequest | None = None,
+        tracer: Tracer | None = None,
+        stopping: Cancellation | None = None,
+        **kwargs: Any,
+    ) -> Iterator[str]:
         """Yield the answer's text in pieces as tokens are decided.
 
-        Greedy RAG-Token streams token by token (a piece is held back while it ends in an
-        incomplete UTF-8 character). Beam search and RAG-Sequence only know their best
-        hypothesis at the end: they yield the whole answer as one piece.
+        Greedy RAG-Token streams token by token: greedy search feeds a
+        :class:`~ragrt.runtime.generation.streaming.TextIteratorStreamer` on a worker thread (a
+        piece is held back while it ends in an incomplete UTF-8 character). Closing the
+        generator early (``break``, ``close()``) cancels the decode before its next step. Beam
+        search and RAG-Sequence only know their best hypothesis at the end: they yield the whole
+        answer as one piece (``stopping`` still stops them within a step).
         """
         if not isinstance(question, str):
             raise InputError("stream() takes one question string")
-        mode = self._mode(kwargs.pop("mode", None))
-        num_beams = kwargs.get("num_beams") or self.defaults.num_beams
-        if mode != "token" or num_beams != 1:
-            yield self.generate([question], mode=mode, **kwargs)[0].text
+        qs = check_questions([question])
+        req = self._resolve(request, **kwargs)
+        if req.mode != "token" or req.num_beams != 1:
+            yield self.generate(qs, request=req, tracer=tracer, stopping=stopping)[0].text
             return
-        q: queue.Queue = queue.Queue()
-        done = object()
-        tokens: list[int] = []
-
-        def on_token(step: int, toks: Sequence[int | None]) -> None:
-            if toks[0] is not None:
-                q.put(int(toks[0]))
+        cancel = Cancellation(poll=stopping.cancelled if stopping is not None else None)
+        streamer = TextIteratorStreamer(self.generator_tokenizer, cancel)
 
         def work() -> None:
             try:
-                kw = dict(kwargs)
-                n_docs = kw.pop("n_docs", None)
-                res = self._generate([question], "token", n_docs, on_token, **kw)
-                q.put(("result", res[0]))
+                inputs = self._retrieve_contexts(qs, req.n_docs, tracer)
+                self._decode(inputs, req, tracer, cancel, streamer)
             except BaseException as e:  # re-raised in the consumer
-                q.put(("error", e))
-            finally:
-                q.put(done)
+                try:
+                    streamer.fail(e)
+                except Cancelled:  # the consumer is gone: nobody to tell
+                    pass
 
-        t = threading.Thread(target=work, daemon=True)
-        t.start()
-        sent = ""
-        while True:
-            item = q.get()
-            if item is done:
-                break
-            if isinstance(item, tuple):
-                kind, val = item
-                if kind == "error":
-                    raise val
-                final = val.text
-                if final.startswith(sent) and len(final) > len(sent):
-                    yield final[len(sent) :]
-                continue
-            tokens.append(item)
-            text = self.generator_tokenizer.decode(tokens)
-            if text.endswith("\ufffd"):
-                continue
-            if text.startswith(sent) and len(text) > len(sent):
-                yield text[len(sent) :]
-                sent = text
-        t.join()
+        worker = threading.Thread(target=work, name="ragrt-stream", daemon=True)
+        worker.start()
+        try:
+            yield from streamer
+        finally:  # normal end, error, or the consumer closed us: stop and reap the decode
+            cancel.cancel()
+            streamer.drain()
+            worker.join()

@@ -46,9 +46,23 @@ class ServerError(RagrtError):
     code = "server_error"
 
 
+class Cancelled(RagrtError):
+    """A generation was stopped before it finished: the consumer of a stream closed it, or the
+    client of a served request went away (checked once per decode step)."""
+
+    code = "cancelled"
+
+
 def error_from_code(code: str, message: str) -> RagrtError:
     """Rebuild the ragrt error class named by ``code`` (used by the client)."""
-    for cls in (InputError, ArtifactError, UnsupportedModelError, DeviceError, ServerError):
+    for cls in (
+        InputError,
+        ArtifactError,
+        UnsupportedModelError,
+        DeviceError,
+        ServerError,
+        Cancelled,
+    ):
         if cls.code == code:
             return cls(message)
     return RagrtError(message)

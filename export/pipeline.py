@@ -1,26 +1,26 @@
 """``ragrt export``: checkpoint folders -> ART_DIR (ONNX per component and precision,
 tokenizers, manifest.json, parity.json).
 
-Everything is written into a temporary sibling directory and renamed into place at the end, so
-an interrupted or failed export never leaves an ART_DIR that looks valid.
+Everything is written into a staging directory next to the output and renamed into place at the
+end (:func:`ragrt.artifacts.staging_dir`), so an interrupted or failed export never leaves an
+ART_DIR that looks valid; ``--overwrite`` replaces only an existing ART_DIR.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragrt import __version__
+from ragrt.artifacts import STAGING_MARKER, check_output, staging_dir
 from ragrt.errors import InputError, RagrtError
 from ragrt.export import onnx_export, parity, precision
 from ragrt.export.sources import EncoderSource, Sources, load_sources
-from ragrt.publish import publish_dir
 from ragrt.runtime.manifest import (
+    KIND,
     PRECISIONS,
     ArtifactManifest,
     EncoderSpec,
@@ -52,24 +52,6 @@ class ExportResult:
     art_dir: Path
     manifest: ArtifactManifest
     parity: parity.ParityReport | None
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is not a directory; choose another --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(
-            f"output directory {out} is not empty; pass --overwrite or choose another --out"
-        )
-    parent = out.parent if out.parent != Path("") else Path(".")
-    if not parent.exists():
-        raise InputError(f"cannot write {out}: parent directory {parent} does not exist")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {out}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK):
-        raise InputError(
-            f"cannot write {out}: directory {parent} is not writable; choose another --out"
-        )
 
 
 def _save_tokenizer(tok, dst: Path) -> None:
@@ -130,7 +112,7 @@ def export_artifacts(opts: ExportOptions) -> ExportResult:
             f"no precision selected: pass --precision with one of {', '.join(PRECISIONS)}"
         )
     out = Path(opts.out)
-    _check_out(out, opts.overwrite)
+    check_output(out, KIND, overwrite=opts.overwrite)
     src = load_sources(
         opts.rag_dir,
         opts.question_encoder,
@@ -139,20 +121,11 @@ def export_artifacts(opts: ExportOptions) -> ExportResult:
         opts.pooling,
         opts.normalize,
     )
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    except OSError as e:
-        raise InputError(f"cannot write {out}: {e.strerror}; choose another --out") from None
-    try:
+    with staging_dir(out, KIND, overwrite=opts.overwrite) as tmp:
         result = _export_into(tmp, src, precisions, opts)
-        publish_dir(tmp, out, overwrite=True)  # _check_out refused a non-empty out already
-        result.manifest.root = out
-        result.art_dir = out
-        return result
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    result.manifest.root = out
+    result.art_dir = out
+    return result
 
 
 def _export_into(
@@ -237,7 +210,7 @@ def _export_into(
 
     files = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != "parity.json":
+        if p.is_file() and p.name not in ("parity.json", STAGING_MARKER):
             rel = p.relative_to(root).as_posix()
             files[rel] = file_record(root, rel)
     manifest = ArtifactManifest(

@@ -47,6 +47,20 @@ class GenFixture:
         return GenerationParams(**base)
 
 
+class RecordingStreamer:
+    """A :class:`ragrt.runtime.generation.streaming.Streamer` that keeps every step's tokens."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[int]] = []
+        self.ended = False
+
+    def put(self, token_ids: np.ndarray) -> None:
+        self.steps.append(np.asarray(token_ids).tolist())
+
+    def end(self) -> None:
+        self.ended = True
+
+
 def build_fixture(root: Path, family: str, rag_type: str = "token") -> GenFixture:
     from optimum.exporters.onnx import onnx_export_from_model
     from transformers import RagSequenceForGeneration, RagTokenForGeneration

@@ -1,6 +1,6 @@
 """Import boundaries: the package tree is the architecture, and its arrows point one way.
 
-    ragrt.errors / results / inputs  <-  ragrt.runtime  <-  ragrt.retrieval  <-  ragrt.engine
+    ragrt.errors / results / inputs / tracing  <-  ragrt.runtime  <-  ragrt.retrieval  <-  ragrt.engine
         <-  ragrt.serving  <-  ragrt.cli (which alone may reach export/triton_models/benchmarks)
 
 Checked statically over every ``import`` in the source, lazy ones inside functions included,
@@ -39,6 +39,22 @@ RULES: dict[str, tuple[str, ...]] = {
     "ragrt.evaluation": ("ragrt.serving", *OUTSIDE_RUNTIME, *HEAVY),
     "ragrt.serving": ("ragrt.engine", *OUTSIDE_RUNTIME, *HEAVY),
     "ragrt.errors": ("ragrt.",),
+    "ragrt.artifacts": tuple(
+        f"ragrt.{m}"
+        for m in (
+            "runtime",
+            "retrieval",
+            "engine",
+            "serving",
+            "cli",
+            "results",
+            "inputs",
+            "export",
+            "triton_models",
+            "benchmarks",
+        )
+    ),
+    "ragrt.tracing": ("ragrt.",),  # stage hooks: every layer calls them, they import no layer
     "ragrt.results": ("ragrt.runtime", "ragrt.retrieval", "ragrt.engine", "ragrt.serving"),
     "ragrt.inputs": ("ragrt.runtime", "ragrt.retrieval", "ragrt.engine", "ragrt.serving"),
     "ragrt.triton_models": ("ragrt.cli", "ragrt.benchmarks", "ragrt.export"),
@@ -120,3 +136,20 @@ def test_the_rules_catch_a_forbidden_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from ragrt.serving.client import RagClient\n")
     assert "ragrt.serving.client" in _imports(bad, "ragrt.runtime.bad")
+
+
+def test_docs_name_only_modules_that_exist():
+    """docs/architecture.md follows the code: every ``ragrt.x.y[.Name]`` it names exists (the
+    longest module prefix is a module; a trailing name is defined in that module)."""
+    import re
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    bad = []
+    for ref in sorted(set(re.findall(r"ragrt(?:\.[A-Za-z_]+)+", text))):
+        parts = ref.split(".")
+        k = max(n for n in range(1, len(parts) + 1) if ".".join(parts[:n]) in MODULES)
+        rest = parts[k:]
+        source = MODULES[".".join(parts[:k])].read_text()
+        if len(rest) > 1 or (rest and not re.search(rf"^(class|def) {rest[0]}\b", source, re.M)):
+            bad.append(ref)
+    assert not bad, f"docs/architecture.md names what does not exist: {bad}"

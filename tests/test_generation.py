@@ -10,13 +10,18 @@ from ragrt.runtime.generation import GenerationParams
 from ragrt.runtime.generation.processors import (
     ForcedBOS,
     ForcedEOS,
-    MinLength,
     MinNewTokens,
     NoRepeatNGram,
     build_processors,
 )
 from ragrt.runtime.generation.search import beam_search, greedy, log_softmax, topk
+from ragrt.runtime.generation.streaming import FINISHED
 from ragrt.runtime.manifest import GenerationDefaults
+
+try:  # tests/ is on sys.path under pytest's default (prepend) import mode
+    from gen_fixtures import RecordingStreamer
+except ImportError:  # pragma: no cover - tests/ imported as a package
+    from tests.gen_fixtures import RecordingStreamer
 
 BASE = dict(decoder_start_token_id=2, eos_token_id=2, pad_token_id=1)
 
@@ -80,7 +85,6 @@ def test_processors_match_transformers():
         (NoRepeatNGram(2), lp.NoRepeatNGramLogitsProcessor(2)),
         (NoRepeatNGram(3), lp.NoRepeatNGramLogitsProcessor(3)),
         (NoRepeatNGram(1), lp.NoRepeatNGramLogitsProcessor(1)),
-        (MinLength(10, 3), lp.MinLengthLogitsProcessor(10, 3)),
         (MinNewTokens(1, 9, 3), lp.MinNewTokensLengthLogitsProcessor(1, 9, 3)),
         (ForcedEOS(10, 4), lp.ForcedEOSTokenLogitsProcessor(10, 4)),
     ]
@@ -163,12 +167,12 @@ def test_greedy_drops_finished_rows_and_streams():
             return super().step(tokens)
 
     m = TwoStarts(table, 2)
-    seen = []
-    hyps = greedy(m, 2, p, on_token=lambda s, t: seen.append(list(t)))
+    rec = RecordingStreamer()
+    hyps = greedy(m, 2, p, streamer=rec)
     assert hyps[0].token_ids == [4, 2]  # 3 -> 4 -> EOS
     assert hyps[1].token_ids == [6, 7, 0, 1, 2]  # 5 -> 6 -> 7 -> 0 -> 1 -> 2(eos)
     assert m.calls == [2, 2, 1, 1, 1]  # row 0 dropped after its EOS
-    assert seen[0] == [4, 6] and seen[2] == [None, 0]
+    assert rec.steps[0] == [4, 6] and rec.steps[2] == [FINISHED, 0] and rec.ended
     # score = sum of log-probs of the chosen tokens
     lp = log_softmax(table.astype(np.float32))
     assert hyps[0].score == pytest.approx(lp[3, 4] + lp[4, 2], rel=1e-6)
@@ -243,13 +247,17 @@ def test_topk_is_sorted_descending():
 
 # -- generator: hand-built gather graph and row selection -------------------------------------
 def test_hand_built_gather_graph_runs_on_cpu():
-    from ragrt.runtime.generator import RowGather
-    from ragrt.runtime.sessions import SessionOptions
+    import onnxruntime as ort
+
+    from ragrt.runtime.generator import gather_model_bytes
 
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=(4, 2, 3, 5)).astype(np.float32) for _ in range(3)]
     idx = np.array([3, 3, 0])
-    out = RowGather(3, 4, np.float32, SessionOptions()).run_numpy(arrays, idx)
+    sess = ort.InferenceSession(gather_model_bytes(3, 4), providers=["CPUExecutionProvider"])
+    feeds = {f"x{i}": a for i, a in enumerate(arrays)}
+    feeds["idx"] = idx
+    out = sess.run([f"y{i}" for i in range(3)], feeds)
     for a, o in zip(arrays, out):
         np.testing.assert_array_equal(o, a[idx])
 

@@ -320,7 +320,7 @@ def test_bad_nprobe(pq_dir):
 
 def _assert_nothing_left(out: Path):
     assert not out.exists()
-    assert not [x for x in os.listdir(out.parent) if x.startswith(f".{out.name}.tmp")]
+    assert not [x for x in os.listdir(out.parent) if x.startswith(f".{out.name}.")]
 
 
 def test_bad_embeddings_leave_nothing(corpus, tmp_path):

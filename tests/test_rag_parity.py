@@ -14,6 +14,7 @@ import pytest
 try:  # tests/ is on sys.path under pytest's default (prepend) import mode
     from gen_fixtures import (
         GenFixture,
+        RecordingStreamer,
         as_sequence_fixture,
         assert_diverse,
         assert_same_ranked,
@@ -24,6 +25,7 @@ try:  # tests/ is on sys.path under pytest's default (prepend) import mode
 except ImportError:  # pragma: no cover - tests/ imported as a package
     from tests.gen_fixtures import (
         GenFixture,
+        RecordingStreamer,
         as_sequence_fixture,
         assert_diverse,
         assert_same_ranked,
@@ -37,6 +39,7 @@ pytest.importorskip("optimum.exporters.onnx")
 
 from ragrt.runtime.generation import rag_sequence, rag_token  # noqa: E402
 from ragrt.runtime.generation.search import beam_fill_value  # noqa: E402
+from ragrt.runtime.generation.streaming import FINISHED  # noqa: E402
 
 MAX_NEW = 11
 
@@ -160,13 +163,11 @@ def test_rag_token_greedy_streams_tokens(token_fixtures):
     fx = token_fixtures["bart"]
     ids, mask, scores = random_contexts(fx, 3, 2, seed=3)
     p = fx.params(max_new_tokens=MAX_NEW, n_docs=2)
-    seen: list[tuple[int, list]] = []
-    hyps = rag_token.generate(
-        fx.generator, ids, mask, scores, p, on_token=lambda s, t: seen.append((s, t))
-    )
-    assert [s for s, _ in seen] == list(range(len(seen)))
+    rec = RecordingStreamer()
+    hyps = rag_token.generate(fx.generator, ids, mask, scores, p, streamer=rec)
+    assert rec.ended and len(rec.steps) == max(len(h[0].token_ids) for h in hyps)
     for q, h in enumerate(hyps):
-        streamed = [t[q] for _, t in seen if t[q] is not None]
+        streamed = [t[q] for t in rec.steps if t[q] != FINISHED]
         assert streamed == h[0].token_ids
 
 

@@ -402,6 +402,33 @@ def test_bad_input_over_the_wire(server, engine, protocol):
     assert server.alive()
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_ask_each_gives_per_item_errors(server, engine, protocol):
+    """A bad question in a batch gets its own error; the others are answered as usual."""
+    from ragrt.serving.client import AsyncRagClient
+
+    client = _client(server, protocol)
+    qs = [QUESTIONS[0], "", QUESTIONS[2], "\ud800"]
+    want = engine.generate([QUESTIONS[0], QUESTIONS[2]], max_new_tokens=4)
+    out = client.ask_each(qs, max_new_tokens=4)
+    _same(out[0], want[0])
+    _same(out[2], want[1])
+    assert isinstance(out[1], InputError) and "question 1: QUESTION row 0 is empty" in str(out[1])
+    assert isinstance(out[3], InputError) and "question 3 is not valid Unicode" in str(out[3])
+    with pytest.raises(InputError, match="question 1: QUESTION row 0 is empty"):
+        client.ask_batch(qs[:3], max_new_tokens=4)
+    client.close()
+
+    async def main():
+        url = server.grpc_url if protocol == "grpc" else "http://" + server.http_url
+        async with AsyncRagClient(url) as a:
+            return await a.ask_each(qs[:3], max_new_tokens=4)
+
+    out = asyncio.run(main())
+    _same(out[2], want[1])
+    assert isinstance(out[1], InputError)
+
+
 # -- launcher failure, CLI, restart (last: it restarts the shared server) -------------------
 def test_broken_repository_fails_with_the_log(rag_bart_art, serving_index, tmp_path):
     from ragrt.serving.server import TritonServer

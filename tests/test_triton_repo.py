@@ -4,6 +4,7 @@ the server launcher's setup. No server here: tests/test_serving.py runs the real
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -179,7 +180,7 @@ def test_build_repository_copies_and_checks(rag_bart_art, index_dir, tmp_path):
     out = tmp_path / "repo"
     s = build_repository(rag_bart_art, index_dir, out, RepoOptions(models=["rag", "retrieve"]))
     assert s.models == ["rag", "retrieve"] and out.is_dir()
-    assert not list(tmp_path.glob("repo.tmp-*"))
+    assert not list(tmp_path.glob(".repo.*"))  # no staging directory left
     art = out / "rag" / "artifacts"
     assert (art / "model" / "manifest.json").is_file() and (art / "index" / "index.faiss").is_file()
     assert not (art / "model" / "generator" / "int8").exists()  # only the chosen precision
@@ -242,7 +243,7 @@ def test_build_refuses_bad_sources(rag_bart_art, index_dir, tmp_path):
     onnx.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="sha256"):
         build_repository(bad, index_dir, tmp_path / "r4", RepoOptions())
-    assert not (tmp_path / "r4").exists() and not list(tmp_path.glob("r4.tmp-*"))
+    assert not (tmp_path / "r4").exists() and not list(tmp_path.glob(".r4.*"))
 
 
 def test_cli_build_repo_and_check(rag_bart_art, index_dir, tmp_path, capsys):
@@ -445,15 +446,41 @@ def fake_pb(monkeypatch):
     return m
 
 
+@dataclasses.dataclass(frozen=True)
+class _FakeRequest:
+    """Stands in for GenerationRequest: the keywords it was resolved from (defaults 1 beam,
+    2 docs)."""
+
+    items: tuple
+
+    @property
+    def kw(self):
+        return dict(self.items)
+
+    @property
+    def n_docs(self):
+        return self.kw.get("n_docs", 2)
+
+    @property
+    def num_beams(self):
+        return self.kw.get("num_beams", 1)
+
+    @property
+    def decoder_rows(self):
+        return self.n_docs * self.num_beams
+
+
 class _FakeEngine:
     """Answers with the question's length; fails on a question containing 'boom'."""
-
-    defaults = types.SimpleNamespace(num_beams=1, n_docs=2)
 
     def __init__(self):
         self.calls = []
 
-    def generate(self, qs, **kw):
+    def request(self, **kw):
+        return _FakeRequest(tuple(sorted(kw.items())))
+
+    def generate(self, qs, request):
+        kw = request.kw
         self.calls.append((list(qs), kw))
         if any("boom" in q for q in qs):
             raise RuntimeError("boom")
@@ -527,6 +554,49 @@ def test_rag_model_runs_pieces_in_parallel(fake_pb):
     for i, o in enumerate(out):  # every request gets its own answer back
         assert o.outputs["TOKEN_IDS"][0].tolist() == [0, 2 * (i + 1), 2]
     assert sorted(len(c[0]) for c in m.engine.calls) == [2, 3]
+
+
+class _Sender:
+    """A decoupled response sender whose client goes away after ``polls`` cancellation polls."""
+
+    def __init__(self, polls):
+        self.responses, self.polls, self.limit = [], 0, polls
+
+    def send(self, response, flags=0):
+        self.responses.append((response, flags))
+
+    def is_cancelled(self):
+        self.polls += 1
+        return self.polls > self.limit
+
+
+class _StreamRequest(_Request):
+    def __init__(self, arrays, sender):
+        super().__init__(arrays)
+        self.sender = sender
+
+    def get_response_sender(self):
+        return self.sender
+
+
+def test_rag_stream_stops_the_decode_of_a_cancelled_request(fake_pb, rag_engine):
+    """A beam stream has one piece: cancellation must be noticed inside the decode loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ragrt.triton_models.backend import RagStreamModel
+
+    m = RagStreamModel()
+    m.name, m.engine, m.limits = "rag_stream", rag_engine, protocol.Limits()
+    m.pool = ThreadPoolExecutor(1)
+    sender = _Sender(polls=3)
+    gen = {"num_beams": 2, "n_docs": 2, "max_new_tokens": 30, "min_new_tokens": 30}
+    arrays = protocol.request_arrays(["what is a heap queue"], gen, batched=False)
+    m.execute([_StreamRequest(arrays, sender)])
+    m.finalize()
+    ((resp, flags),) = sender.responses
+    assert flags == fake_pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    assert resp.error.msg.startswith("[cancelled]")
+    assert sender.polls == 4  # once per beam step: stopped at the first step after the cancel
 
 
 # -- client URL parsing and the launcher -----------------------------------------------------

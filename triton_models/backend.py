@@ -1,8 +1,10 @@
 """The Python-backend models of a ragrt repository (imported by the thin ``*/1/model.py``).
 
-Each model instance builds what it needs once in ``initialize`` (a :class:`RagEngine`, or only
-the question encoder + index for ``retrieve``, only the encoder for ``question_encoder``) and
-translates Triton tensors <-> engine calls with :mod:`ragrt.serving.protocol`.
+Each model instance builds what it needs once in ``initialize`` (a :class:`RagEngine`; a
+:class:`~ragrt.retrieval.retriever.Retriever` with its index for ``retrieve`` and without one for
+``question_encoder``) and translates Triton tensors <-> engine calls with
+:mod:`ragrt.serving.protocol`. Generation parameters become one
+:class:`~ragrt.runtime.generation.request.GenerationRequest` per request (``RagEngine.request``).
 
 Nothing a request sends can take the server down: every request is parsed and answered on its
 own, and any exception becomes that request's error response (``[code] message``). Requests the
@@ -51,12 +53,11 @@ def open_engine(
     nprobe: int | None,
     threads: int,
 ) -> Any:
-    """What one model needs: ``full`` (RagEngine), ``retrieve`` (encoder + index, no generator),
-    ``encoder`` (question encoder only), ``tokenizer`` (question tokenizer only)."""
-    from ragrt.engine import RagEngine
-    from ragrt.runtime import manifest as manifest_mod
-
+    """What one model needs: ``full`` (RagEngine), ``retrieve`` (a Retriever: question encoder
+    + index), ``encoder`` (a Retriever without index), ``tokenizer`` (question tokenizer only)."""
     if load == "full":
+        from ragrt.engine import RagEngine
+
         return RagEngine.load(
             model_dir,
             index_dirs or None,
@@ -65,13 +66,12 @@ def open_engine(
             nprobe=nprobe,
             intra_op_threads=threads,
         )
-    from ragrt.runtime.sessions import SessionOptions
-
-    m = manifest_mod.load(model_dir, verify=False, precision=precision)
-    spec = m.question_encoder
     if load == "tokenizer":
+        from ragrt.runtime import manifest as manifest_mod
         from ragrt.runtime.text import TextTokenizer
 
+        m = manifest_mod.load(model_dir, verify=False, precision=precision)
+        spec = m.question_encoder
         m.verify([spec.tokenizer])
         tok = TextTokenizer(
             m.path(spec.tokenizer),
@@ -79,23 +79,21 @@ def open_engine(
             clean_up=spec.clean_up_tokenization_spaces,
         )
         return _Tokenizer(tok, spec)
-    from ragrt.runtime.encoders import TextEncoder
+    from ragrt.retrieval.retriever import Retriever
 
-    m.verify([spec.tokenizer, spec.onnx[precision]])
-    qenc = TextEncoder.from_manifest(
-        m, "question_encoder", precision, SessionOptions(device=device, intra_op_threads=threads)
-    )
-    index = None
     if load == "retrieve":
-        from ragrt.retrieval.index import PassageIndex
-
         if not index_dirs:
             raise ArtifactError("the retrieve model has no index (ragrt_index_dirs is empty)")
-        index = PassageIndex.open(index_dirs, device="cpu" if device == "cpu" else "auto")
-        index.check_encoder(m)
     elif load != "encoder":
         raise ArtifactError(f"unknown ragrt_load {load!r} in the model config")
-    return RagEngine(m, qenc, None, None, index, precision, device, nprobe)
+    return Retriever.load(
+        model_dir,
+        index_dirs if load == "retrieve" else None,
+        precision,
+        device,
+        nprobe=nprobe,
+        intra_op_threads=threads,
+    )
 
 
 class _Tokenizer:
@@ -278,13 +276,14 @@ def _split_rows(
 class RagModel(_Model):
     """``rag``: QUESTION (+ optional generation parameters) -> answer, token ids, score, docs."""
 
-    def _rows_limit(self, rows: int, kw: dict[str, Any]) -> int:
-        d = self.engine.defaults
-        per_q = int(kw.get("num_beams") or d.num_beams) * int(kw.get("n_docs") or d.n_docs)
+    def _rows_limit(self, rows: int, req: Any) -> int:
+        """How many questions of ``req`` fit the server's decoder-row limit in one call
+        (``rows`` questions of one request must fit together)."""
+        per_q = req.decoder_rows
         if rows * per_q > self.limits.max_decoder_rows:
             raise InputError(
-                f"request too large: {rows} question(s) x {kw.get('num_beams') or d.num_beams} "
-                f"beam(s) x {kw.get('n_docs') or d.n_docs} docs = {rows * per_q} decoder rows, "
+                f"request too large: {rows} question(s) x {req.num_beams} "
+                f"beam(s) x {req.n_docs} docs = {rows * per_q} decoder rows, "
                 f"this server allows {self.limits.max_decoder_rows}; send fewer questions, beams "
                 "or docs"
             )
@@ -298,18 +297,20 @@ class RagModel(_Model):
                 qs, kw = protocol.parse_gen_request(
                     self._getter(r), self.limits, batched=self.batched
                 )
-                self._rows_limit(len(qs), kw)
-                items.append((i, qs, tuple(sorted(kw.items()))))
+                req = self.engine.request(**kw)  # resolved and validated once per request
+                self._rows_limit(len(qs), req)
+                items.append((i, qs, req))
             except Exception as e:
                 responses[i] = self._error(e)
-        by_key: dict[Any, int] = {}
-        for _, _, key in items:
-            by_key[key] = self._rows_limit(1, dict(key))
         results: dict[int, Any] = {}
-        for key, max_rows in by_key.items():
-            sub = [it for it in items if it[2] == key]
+        for req in dict.fromkeys(key for _, _, key in items):  # equal requests batch together
+            sub = [it for it in items if it[2] == req]
             results.update(
-                self._grouped(sub, lambda qs, k: self.engine.generate(qs, **dict(k)), max_rows)
+                self._grouped(
+                    sub,
+                    lambda qs, k: self.engine.generate(qs, request=k),
+                    self._rows_limit(1, req),
+                )
             )
         for i, res in results.items():
             responses[i] = (
@@ -399,14 +400,13 @@ class RagStreamModel(_Model):
             try:
                 sender = r.get_response_sender()
                 q, kw = protocol.parse_gen_request(self._getter(r), self.limits, batched=False)
-                d = self.engine.defaults
-                rows = int(kw.get("num_beams") or d.num_beams) * int(kw.get("n_docs") or d.n_docs)
-                if rows > self.limits.max_decoder_rows:
+                req = self.engine.request(**kw)
+                if req.decoder_rows > self.limits.max_decoder_rows:
                     raise InputError(
-                        f"request too large: {rows} decoder rows (beams x docs), this server "
-                        f"allows {self.limits.max_decoder_rows}"
+                        f"request too large: {req.decoder_rows} decoder rows (beams x docs), "
+                        f"this server allows {self.limits.max_decoder_rows}"
                     )
-                self.pool.submit(self._stream, sender, q[0], kw)
+                self.pool.submit(self._stream, sender, q[0], req)
             except Exception as e:
                 if sender is not None:
                     self._send(sender, self._error(e), final=True)
@@ -422,16 +422,15 @@ class RagStreamModel(_Model):
         except Exception as e:  # the client went away: nothing left to answer
             log.info("%s: could not send a response (%s)", self.name, e)
 
-    def _stream(self, sender: Any, question: str, kw: dict[str, Any]) -> None:
+    def _stream(self, sender: Any, question: str, req: Any) -> None:
+        from ragrt.runtime.generation.streaming import Cancellation
+
+        # the decode polls the sender every step: a client that went away stops it within one
+        poll = getattr(sender, "is_cancelled", None)
+        stopping = Cancellation(poll=poll) if poll is not None else None
         held: str | None = None
         try:
-            for piece in self.engine.stream(question, **kw):
-                cancelled = getattr(sender, "is_cancelled", None)
-                if cancelled is not None and cancelled():
-                    self._send(
-                        sender, self._error(InputError("cancelled by the client")), final=True
-                    )
-                    return
+            for piece in self.engine.stream(question, request=req, stopping=stopping):
                 if held is not None:
                     self._send(sender, self._ok(protocol.stream_arrays(held, False)), final=False)
                 held = piece

@@ -6,12 +6,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ragrt.results import GenerationResult
+    from ragrt.tracing import StageTimer
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mode",
-        choices=["token", "sequence"],
+        metavar="token|sequence",
         help="RAG-Token or RAG-Sequence (default: the checkpoint's)",
     )
     p.add_argument("--n-docs", type=int, help="passages retrieved per question (default: manifest)")
@@ -53,6 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--show-docs", type=int, default=0, metavar="N", help="also print the top N passages"
     )
+    p.add_argument(
+        "--timings",
+        action="store_true",
+        help="print milliseconds per stage to stderr (local engine)",
+    )
     p.set_defaults(func=run)
 
 
@@ -69,7 +79,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
-def print_result(res, as_json: bool, show_docs: int = 0) -> None:
+def print_result(res: GenerationResult, as_json: bool, show_docs: int = 0) -> None:
     if as_json:
         print(json.dumps(res.to_json_dict(), ensure_ascii=False))
         return
@@ -85,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
     kw = {k: v for k, v in generation_kwargs(args).items() if v is not None}
     if args.url:
+        if args.timings:
+            raise InputError("--timings needs the local engine (--model and --index), not --url")
         from ragrt.serving.client import RagClient
 
         client = RagClient(args.url, protocol=args.protocol)
@@ -100,13 +112,26 @@ def run(args: argparse.Namespace) -> int:
             args.model, args.index, precision=args.precision, device=args.device, nprobe=args.nprobe
         )
         stream, answer = engine.stream, engine.generate
+    timer = None
+    if args.timings:
+        from ragrt.tracing import StageTimer
+
+        timer = kw["tracer"] = StageTimer()
     if args.stream:
         for q in args.questions:
             for piece in stream(q, **kw):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             print()
+            _print_timings(timer)
         return 0
     for res in answer(args.questions, **kw):
         print_result(res, args.json, args.show_docs)
+    _print_timings(timer)
     return 0
+
+
+def _print_timings(timer: StageTimer | None) -> None:
+    if timer is not None:
+        print(f"timings: {timer.summary()}", file=sys.stderr, flush=True)
+        timer.reset()

@@ -68,7 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="question embeddings [Q, dim] to calibrate the default nprobe on (recommended: a "
         "few hundred real questions; default: sampled passages as a proxy)",
     )
-    b.add_argument("--overwrite", action="store_true", help="replace an existing INDEX_DIR")
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing INDEX_DIR (only an index ragrt built)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
 
@@ -142,17 +146,19 @@ def _build(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from ragrt.errors import InputError
-    from ragrt.retrieval.index import PassageIndex
-    from ragrt.runtime.encoders import TextEncoder
+    from ragrt.retrieval.retriever import Retriever
 
     questions = list(args.question)
     if any(not q.strip() for q in questions):
         raise InputError("empty question")
-    index = PassageIndex.open([args.index_dir, *args.shard], device=args.device)
-    enc = TextEncoder.load(args.model, "question_encoder", args.precision)
-    index.check_encoder(enc)
-    res = index.search(enc.encode(questions), args.k, nprobe=args.nprobe)
-    for q, docs in zip(questions, index.docs(res)):
+    retriever = Retriever.load(
+        args.model,
+        [args.index_dir, *args.shard],
+        args.precision,
+        index_device=args.device,
+        nprobe=args.nprobe,
+    )
+    for q, docs in zip(questions, retriever.retrieve(questions, args.k)):
         if args.json:
             print(
                 json.dumps({"question": q, "docs": [d.to_dict() for d in docs]}, ensure_ascii=False)

@@ -63,7 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ragrt.errors import ServerError
     from ragrt.serving.server import TritonServer
+    from ragrt.triton_models.verify import check_servable
 
+    check_servable(args.repo)  # never serve a staging directory a killed build-repo left
     srv = TritonServer(
         args.repo,
         host=args.host,

@@ -159,16 +159,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=4096,
         help="largest questions x beams x docs per engine call (default 4096)",
     )
-    b.add_argument("--overwrite", action="store_true", help="replace an existing REPO")
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing REPO (only one build-repo wrote)",
+    )
     b.set_defaults(func=_build)
 
     c = sub.add_parser(
         "check",
-        help="parse every config.pbtxt and verify the artifacts' sha256",
-        description="Check a repository written by `ragrt triton build-repo` (e.g. after copying it).",
+        help="parse every config.pbtxt and verify the sha256 of the artifacts and model code",
+        description=(
+            "Check a repository written by `ragrt triton build-repo` (e.g. after copying it): "
+            "configs parse, every config.pbtxt and model.py matches the sha256 build-repo "
+            "recorded and this ragrt's model code, every artifact its sha256 (sizes only with "
+            "--no-hash). A staging directory left by a killed build-repo is refused."
+        ),
     )
     c.add_argument("repo", type=Path, metavar="REPO")
-    c.add_argument("--no-hash", action="store_true", help="check sizes only (fast)")
+    c.add_argument(
+        "--no-hash", action="store_true", help="check artifact sizes only (fast; code is hashed)"
+    )
     c.set_defaults(func=_check)
 
 
@@ -224,7 +235,7 @@ def _check(args: argparse.Namespace) -> int:
     for line in describe(configs.values()):
         print(line)
     print(
-        f"{args.repo}: {len(configs)} models, configs parse, artifacts "
-        f"{'sizes' if args.no_hash else 'sha256'} match"
+        f"{args.repo}: {len(configs)} models, configs parse, configs and model code match "
+        f"their sha256, artifacts {'sizes' if args.no_hash else 'sha256'} match"
     )
     return 0

@@ -1,8 +1,8 @@
 """Building an INDEX_DIR: passages -> store + embeddings -> trained, filled FAISS index.
 
-Everything is written into ``OUT.tmp-<pid>`` next to ``OUT`` and renamed to ``OUT`` only when
-complete (manifest last), so an interrupted or failed build never leaves a directory that looks
-like a valid index. Memory stays bounded: passages stream from the file, embeddings go to a
+Everything is written into a staging directory next to ``OUT`` (:func:`ragrt.artifacts.staging_dir`)
+and renamed to ``OUT`` only when complete (manifest last), so an interrupted or failed build
+never leaves a directory that looks like a valid index; ``--overwrite`` replaces only an index. Memory stays bounded: passages stream from the file, embeddings go to a
 memory-mapped work file, training uses a random sample and vectors are added in chunks.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,22 +19,16 @@ from typing import Any
 import numpy as np
 
 from ragrt import __version__
+from ragrt.artifacts import check_output, file_record, staging_dir
 from ragrt.errors import InputError
-from ragrt.publish import publish_dir
-from ragrt.retrieval.index import (
-    EMB_FILES,
+from ragrt.retrieval.faiss_index import (
     FLAT_BELOW,
-    INDEX_FILE,
-    METRIC,
-    RERANK_FACTOR,
-    RERANK_MIN,
-    IndexManifest,
-    _faiss,
-    _nlist,
     default_factory,
     default_train_size,
-    search_core,
+    load_faiss,
+    nlist_of,
 )
+from ragrt.retrieval.index_manifest import EMB_FILES, INDEX_FILE, KIND, METRIC, IndexManifest
 from ragrt.retrieval.passages import (
     STORE_FILES,
     Passage,
@@ -44,7 +37,7 @@ from ragrt.retrieval.passages import (
     count_lines,
     iter_passages,
 )
-from ragrt.runtime.manifest import file_record
+from ragrt.retrieval.search import RERANK_FACTOR, RERANK_MIN, search_core
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +216,7 @@ def build_index(
     ``embeddings`` records the model's identity without running it.
     """
     opts = options or BuildOptions()
-    faiss = _faiss()
+    faiss = load_faiss()
     t_start = time.perf_counter()
     src = Path(passages)
     out = Path(out_dir)
@@ -235,8 +228,7 @@ def build_index(
         raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
     if opts.train_size is not None and opts.train_size <= 0:
         raise InputError(f"--train-size must be >= 1, got {opts.train_size}")
-    if out.exists() and not opts.overwrite:
-        raise InputError(f"{out} already exists; pass --overwrite to replace it")
+    check_output(out, KIND, overwrite=opts.overwrite)
     art = None
     if model is not None:
         from ragrt.runtime import manifest as manifest_mod
@@ -268,18 +260,8 @@ def build_index(
         )
     ident["dim"] = dim
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        man = _build(src, tmp, out, pre, encoder, dim, ident, opts, faiss, t_start)
-        publish_dir(tmp, out, opts.overwrite)
-        return man
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staging_dir(out, KIND, overwrite=opts.overwrite) as tmp:
+        return _build(src, tmp, out, pre, encoder, dim, ident, opts, faiss, t_start)
 
 
 def _build(
@@ -340,7 +322,7 @@ def _build(
         raise InputError(
             f"bad FAISS factory {factory!r} for {dim}-d vectors: {_first(e)}"
         ) from None
-    is_flat = _nlist(index) is None and type(faiss.downcast_index(index)).__name__.startswith(
+    is_flat = nlist_of(index) is None and type(faiss.downcast_index(index)).__name__.startswith(
         "IndexFlat"
     )
     rng = np.random.default_rng(opts.seed)
@@ -370,34 +352,11 @@ def _build(
     exact = None
     if keep and not is_flat:
         exact = {"file": work.name, "dtype": opts.exact_dtype}
-    nlist = _nlist(index)
+    nlist = nlist_of(index)
 
     # 4. default nprobe from measured recall
     t = time.perf_counter()
-    calibration = None
-    nprobe = None
-    if nlist is not None:
-        if opts.nprobe is not None:
-            nprobe = int(opts.nprobe)
-        else:
-            cq = opts.calibration_queries
-            if cq is not None and not isinstance(cq, np.ndarray):
-                cq = load_embeddings(cq)
-            if cq is not None and (cq.ndim != 2 or cq.shape[1] != dim):
-                raise InputError(
-                    f"calibration queries must have shape [queries, {dim}], got {list(cq.shape)}"
-                )
-            calibration = calibrate_nprobe(
-                index,
-                vecs,
-                nlist,
-                queries=cq,
-                exact_ok=exact is not None,
-                n_queries=opts.calibrate_queries,
-                target=opts.target_recall,
-                seed=opts.seed,
-            )
-            nprobe = calibration["nprobe"]
+    nprobe, calibration = _default_nprobe(index, vecs, nlist, dim, exact is not None, opts)
     timings["calibrate_s"] = time.perf_counter() - t
     del vecs
     if exact is None:
@@ -441,6 +400,35 @@ def _build(
     return man
 
 
+def _default_nprobe(
+    index: Any, vecs: np.ndarray, nlist: int | None, dim: int, exact_ok: bool, opts: BuildOptions
+) -> tuple[int | None, dict[str, Any] | None]:
+    """The index's default nprobe: none for a flat index, ``--nprobe`` when given, else
+    calibrated (:func:`calibrate_nprobe`); with the calibration record."""
+    if nlist is None:
+        return None, None
+    if opts.nprobe is not None:
+        return int(opts.nprobe), None
+    cq = opts.calibration_queries
+    if cq is not None and not isinstance(cq, np.ndarray):
+        cq = load_embeddings(cq)
+    if cq is not None and (cq.ndim != 2 or cq.shape[1] != dim):
+        raise InputError(
+            f"calibration queries must have shape [queries, {dim}], got {list(cq.shape)}"
+        )
+    calibration = calibrate_nprobe(
+        index,
+        vecs,
+        nlist,
+        queries=cq,
+        exact_ok=exact_ok,
+        n_queries=opts.calibrate_queries,
+        target=opts.target_recall,
+        seed=opts.seed,
+    )
+    return calibration["nprobe"], calibration
+
+
 def _first(e: BaseException) -> str:
     s = str(e).strip()
     for line in s.splitlines():
@@ -450,22 +438,18 @@ def _first(e: BaseException) -> str:
 
 
 def exact_topk(vecs: np.ndarray, q: np.ndarray, k: int, chunk: int = 65536) -> np.ndarray:
-    """Exact inner-product top-``k`` rows of ``q`` over ``vecs`` (memmap-friendly)."""
-    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(q), 0), dtype=np.int64)
-    for s in range(0, len(vecs), chunk):
-        block = np.asarray(vecs[s : s + chunk], dtype=np.float32)
-        sc = q @ block.T
-        kk = min(k, sc.shape[1])
-        part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
-        best_s = np.concatenate([best_s, np.take_along_axis(sc, part, 1)], axis=1)
-        best_i = np.concatenate([best_i, part + s], axis=1)
-        if best_s.shape[1] > k:
-            keep = np.argpartition(-best_s, k - 1, axis=1)[:, :k]
-            best_s = np.take_along_axis(best_s, keep, 1)
-            best_i = np.take_along_axis(best_i, keep, 1)
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    return np.take_along_axis(best_i, order, 1)
+    """Exact inner-product top-``k`` rows of ``q`` over ``vecs``, best first, streaming
+    ``vecs`` (a memmap) in chunks through ``faiss.contrib``'s ``knn_ground_truth``."""
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    faiss = load_faiss()
+    blocks = (
+        np.ascontiguousarray(vecs[s : s + chunk], dtype=np.float32)
+        for s in range(0, len(vecs), chunk)
+    )
+    q32 = np.ascontiguousarray(q, dtype=np.float32)
+    _, rows = knn_ground_truth(q32, blocks, k, metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)
+    return rows.astype(np.int64)
 
 
 def calibrate_nprobe(
@@ -502,13 +486,14 @@ def calibrate_nprobe(
     kk = min(k, n - 1)
     if kk <= 0 or qn == 0:
         return {"nprobe": 1, f"recall@{k}": 1.0, "queries": qn, "sweep": {}}
-    truth = exact_topk(vecs, q, kk + 1)
-    truth_sets = [set(t[t != r][:kk].tolist()) for t, r in zip(truth, rows)]
+    truth_top = _without(exact_topk(vecs, q, kk + 1), rows, kk)
     exact_fn = (
         (lambda r: np.asarray(vecs[r.ravel()], dtype=np.float32).reshape(*r.shape, -1))
         if exact_ok
         else None
     )
+    from faiss.contrib.evaluation import knn_intersection_measure
+
     sweep: dict[str, float] = {}
     npb, chosen = 1, None
     while True:
@@ -516,14 +501,7 @@ def calibrate_nprobe(
         got, _ = search_core(
             index, q, kk + 1, nprobe=npb, nlist=nlist, exact=exact_fn, rerank=rerank
         )
-        rec = float(
-            np.mean(
-                [
-                    len(ts & set(g[g != r][:kk].tolist())) / max(len(ts), 1)
-                    for ts, g, r in zip(truth_sets, got, rows)
-                ]
-            )
-        )
+        rec = float(knn_intersection_measure(truth_top, _without(got, rows, kk)))
         sweep[str(npb)] = round(rec, 4)
         if rec >= goal:
             chosen = npb
@@ -550,6 +528,17 @@ def calibrate_nprobe(
         "reranked": bool(exact_fn),
         "sweep": sweep,
     }
+
+
+def _without(top: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` of each row of ``top`` [Q, k+1], leaving out that query's own passage
+    row (``rows[i]``; -1 excludes nothing). Short rows are padded with -2, which matches
+    nothing."""
+    out = np.full((len(top), k), -2, dtype=np.int64)
+    for i, (t, r) in enumerate(zip(top, rows)):
+        keep = t[t != r][:k]
+        out[i, : len(keep)] = keep
+    return out
 
 
 __all__ = [

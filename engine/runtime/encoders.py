@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from ragrt.runtime.manifest import ArtifactManifest, EncoderSpec
 from ragrt.runtime.sessions import SessionOptions, open_session
 from ragrt.runtime.text import TextTokenizer
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onnxruntime import InferenceSession
+
 
 @dataclass
 class TextEncoder:
@@ -25,7 +29,7 @@ class TextEncoder:
 
     spec: EncoderSpec
     tokenizer: TextTokenizer
-    session: object
+    session: InferenceSession
     precision: str
     onnx_sha256: str
 
@@ -38,7 +42,6 @@ class TextEncoder:
         session_options: SessionOptions | None = None,
     ) -> TextEncoder:
         spec = m.encoder(component)
-        m.require_precision(precision)
         if precision not in spec.onnx:
             raise InputError(f"{component} has no {precision} variant in {m.root}")
         rel = spec.onnx[precision]

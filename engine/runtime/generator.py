@@ -52,6 +52,26 @@ class DecoderStep(Protocol):
         ...
 
 
+class Generator(Protocol):
+    """What the RAG decoders need from a seq2seq generator (:class:`Seq2SeqGenerator`)."""
+
+    def encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Encoder states ``[N, L, d_model]`` of contexts ``ids``/``mask`` ``[N, L]``."""
+        ...
+
+    def decoder_step(
+        self, states: np.ndarray, mask: np.ndarray, src: np.ndarray | None = None
+    ) -> DecoderStep:
+        """A fresh cached decoder whose row ``r`` attends to encoder row ``src[r]``."""
+        ...
+
+    def teacher_forced_logits(
+        self, states: np.ndarray, mask: np.ndarray, src: np.ndarray, input_ids: np.ndarray
+    ) -> np.ndarray:
+        """Logits ``[N, T, V]`` of one uncached decoder pass over ``input_ids`` ``[N, T]``."""
+        ...
+
+
 class Seq2SeqGenerator:
     """BART/T5 generator over three ONNX Runtime sessions (see module docstring)."""
 
@@ -184,8 +204,8 @@ class CpuDecoderStep:
         self.mask = np.asarray(mask, dtype=np.int64)
         self.src = src
         self.enc_mask = np.ascontiguousarray(self.mask[src])
-        self.self_kv: list[np.ndarray] | None = None
-        self.cross_kv: list[np.ndarray] | None = None
+        self.self_kv: list[np.ndarray] | None = None  # None until the first step
+        self.cross_kv: list[np.ndarray] = []
 
     @property
     def rows(self) -> int:
@@ -307,11 +327,6 @@ class RowGather:
         self.count = count
         self.out_names = [f"y{i}" for i in range(count)]
 
-    def run_numpy(self, arrays: list[np.ndarray], idx: np.ndarray) -> list[np.ndarray]:
-        feeds = {f"x{i}": a for i, a in enumerate(arrays)}
-        feeds["idx"] = np.asarray(idx, dtype=np.int64)
-        return self.sess.run(self.out_names, feeds)
-
     def run_device(
         self, values: list[Any], idx: np.ndarray, device: str, device_id: int
     ) -> list[Any]:
@@ -352,8 +367,8 @@ class CudaDecoderStep:
         self.mask = np.asarray(mask, dtype=np.int64)
         self.src = src
         self.enc_mask = self._up(np.ascontiguousarray(self.mask[src]))
-        self.self_kv: list[Any] | None = None
-        self.cross_kv: list[Any] | None = None
+        self.self_kv: list[Any] | None = None  # None until the first step
+        self.cross_kv: list[Any] = []
         n = 2 * gen.num_layers
         self._gather_kv = RowGather(n, 4, gen.state_dtype, gen.opts)
 
@@ -396,7 +411,7 @@ class CudaDecoderStep:
         outs = dict(zip(names, b.get_outputs()))
         logits = outs["logits"].numpy()[:, -1, :]
         self.self_kv = [outs["present." + n] for n in g.self_names]
-        if self.cross_kv is None:
+        if not self.cross_kv:
             self.cross_kv = [outs["present." + n] for n in g.cross_names]
             if groups:
                 self.self_kv = self._gather(self.self_kv, groups[1])

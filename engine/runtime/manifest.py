@@ -9,47 +9,60 @@ ONNX Runtime.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragrt.artifacts import (
+    MANIFEST_NAME,
+    ArtifactKind,
+    check_file_records,
+    check_paths,
+    file_record,
+    from_json,
+    read_manifest,
+    safe_path,
+    sha256_file,
+    verify_files,
+)
 from ragrt.errors import ArtifactError, InputError
 
 FORMAT = "ragrt-artifacts"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
-MANIFEST_NAME = "manifest.json"
+GENERATOR_GRAPHS = ("encoder", "decoder", "decoder_with_past")
+#: what an artifact directory is (its manifest, the command that writes it)
+KIND = ArtifactKind(
+    format=FORMAT,
+    noun="ragrt artifact directory",
+    dir_label="artifact directory",
+    make="ragrt export",
+)
+FIX = "re-run `ragrt export`"
 
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks (ONNX files can be gigabytes)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_record(root: Path, rel: str) -> dict[str, Any]:
-    p = root / rel
-    return {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "KIND",
+    "MANIFEST_NAME",
+    "PRECISIONS",
+    "ArtifactManifest",
+    "EncoderSpec",
+    "GenerationDefaults",
+    "GeneratorSpec",
+    "check_precision",
+    "file_record",
+    "load",
+    "sha256_file",
+]
 
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     return precision
-
-
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass
@@ -154,43 +167,68 @@ class ArtifactManifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], root: Path) -> ArtifactManifest:
-        try:
-            if data.get("format") != FORMAT:
-                raise ArtifactError(
-                    f"{root / MANIFEST_NAME} is not a ragrt artifact manifest "
-                    f"(format={data.get('format')!r}); re-run `ragrt export`"
-                )
-            if int(data.get("format_version", -1)) > FORMAT_VERSION:
-                raise ArtifactError(
-                    f"{root} was written by a newer ragrt (format {data['format_version']}); "
-                    "upgrade ragrt or re-export with this version"
-                )
-            ctx = data.get("context_encoder")
-            return cls(
-                ragrt_version=data["ragrt_version"],
-                created=data["created"],
-                source=data.get("source", {}),
-                question_encoder=_from_dict(EncoderSpec, data["question_encoder"]),
-                context_encoder=_from_dict(EncoderSpec, ctx) if ctx else None,
-                generator=_from_dict(GeneratorSpec, data["generator"]),
-                generation=_from_dict(GenerationDefaults, data["generation"]),
-                precisions=list(data["precisions"]),
-                files=dict(data["files"]),
-                format=data["format"],
-                format_version=int(data["format_version"]),
-                root=root,
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            if isinstance(e, ArtifactError):
-                raise
+        """Build from parsed JSON, checking every field's type, the precisions, and that every
+        file name stays inside ``root`` (one :class:`ArtifactError` naming the field)."""
+        where = Path(root) / MANIFEST_NAME
+        if data.get("format") != FORMAT:
             raise ArtifactError(
-                f"{root / MANIFEST_NAME} is malformed ({type(e).__name__}: {e}); "
-                "re-run `ragrt export`"
-            ) from None
+                f"{where} is not a ragrt artifact manifest (format={data.get('format')!r}); {FIX}"
+            )
+        m = from_json(cls, data, where=where, fix=FIX, skip=("root",))
+        m.root = Path(root)
+        m._check(where)
+        return m
+
+    def _check(self, where: Path) -> None:
+        """What types cannot say: known precisions with their ONNX files, positive sizes,
+        file records, and safe file names."""
+
+        def bad(msg: str) -> ArtifactError:
+            return ArtifactError(f"{where}: {msg}; {FIX}")
+
+        unknown = sorted(set(self.precisions) - set(PRECISIONS))
+        if unknown:
+            raise bad(f"precisions lists {unknown[0]!r}, not one of {', '.join(PRECISIONS)}")
+        encoders = [("question_encoder", self.question_encoder)]
+        if self.context_encoder is not None:
+            encoders.append(("context_encoder", self.context_encoder))
+        for name, spec in encoders:
+            if spec.dim <= 0 or spec.max_length <= 0:
+                raise bad(f"{name}.dim and {name}.max_length must be positive")
+            unknown = sorted(set(spec.onnx) - set(PRECISIONS))
+            if unknown:
+                raise bad(f"{name}.onnx has unknown precision(s) {', '.join(unknown)}")
+        for p in self.precisions:
+            missing = self._missing_graphs(p)
+            if missing:
+                raise bad(missing)
+        check_file_records(self.root, self.files, where=where, fix=FIX)
+        check_paths(self.root, self.named_paths(), where=where, fix=FIX)
+
+    def _missing_graphs(self, p: str) -> str | None:
+        """What precision ``p`` lacks among the ONNX files the runtime opens, or None."""
+        if p not in self.question_encoder.onnx:
+            return f"question_encoder.onnx has no {p!r} entry, though precisions lists it"
+        graphs = self.generator.onnx.get(p)
+        if graphs is None:
+            return f"generator.onnx has no {p!r} entry, though precisions lists it"
+        missing = [g for g in GENERATOR_GRAPHS if g not in graphs]
+        return f"generator.onnx.{p} lacks {', '.join(missing)}" if missing else None
+
+    def named_paths(self) -> list[str]:
+        """Every file name the manifest's specs name (tokenizers and ONNX graphs)."""
+        rels = [self.question_encoder.tokenizer, self.generator.tokenizer]
+        rels += list(self.question_encoder.onnx.values())
+        if self.context_encoder is not None:
+            rels += [self.context_encoder.tokenizer, *self.context_encoder.onnx.values()]
+        for graphs in self.generator.onnx.values():
+            rels += list(graphs.values())
+        return rels
 
     # -- access --------------------------------------------------------------------------
     def path(self, rel: str) -> Path:
-        return self.root / rel
+        """``root / rel``, refused unless ``rel`` stays inside the artifact directory."""
+        return safe_path(self.root, rel, where=self.root / MANIFEST_NAME, fix=FIX)
 
     def encoder(self, component: str) -> EncoderSpec:
         if component == "question_encoder":
@@ -215,26 +253,15 @@ class ArtifactManifest:
 
     def verify(self, rels: list[str] | None = None, *, hash_files: bool = True) -> None:
         """Check that files exist with the recorded size (and sha256 unless ``hash_files``)."""
-        for rel in rels if rels is not None else list(self.files):
-            rec = self.files.get(rel)
-            if rec is None:
-                raise ArtifactError(f"{rel} is not listed in {self.root / MANIFEST_NAME}")
-            p = self.root / rel
-            if not p.is_file():
-                raise ArtifactError(
-                    f"missing artifact file {p}; the directory is incomplete - re-run `ragrt export`"
-                )
-            size = p.stat().st_size
-            if size != rec["bytes"]:
-                raise ArtifactError(
-                    f"corrupt artifact file {p}: {size} bytes, manifest says {rec['bytes']} "
-                    "(truncated copy?); re-copy or re-export it"
-                )
-            if hash_files and sha256_file(p) != rec["sha256"]:
-                raise ArtifactError(
-                    f"corrupt artifact file {p}: sha256 does not match the manifest; "
-                    "re-copy or re-export it"
-                )
+        verify_files(
+            self.root,
+            self.files,
+            mode="full" if hash_files else "size",
+            only=rels,
+            label="artifact file",
+            where=self.root / MANIFEST_NAME,
+            fix="re-copy or re-export it (`ragrt export`)",
+        )
 
     def component_files(self, precision: str) -> list[str]:
         """Relative paths a runtime at ``precision`` will open (plus external-data files)."""
@@ -252,33 +279,13 @@ class ArtifactManifest:
 def load(
     art_dir: str | os.PathLike, *, verify: bool = True, precision: str | None = None
 ) -> ArtifactManifest:
-    """Read and check ``ART_DIR/manifest.json``.
+    """Read and check ``ART_DIR/manifest.json`` (types, precisions, safe file names).
 
     With ``verify``, every file the runtime will open (all files, or only those of
     ``precision``) is checked for presence, size and sha256.
     """
     root = Path(art_dir)
-    if not root.exists():
-        raise ArtifactError(
-            f"artifact directory {root} does not exist; create it with `ragrt export`"
-        )
-    if not root.is_dir():
-        raise ArtifactError(
-            f"{root} is not a directory; pass the ART_DIR written by `ragrt export`"
-        )
-    mpath = root / MANIFEST_NAME
-    if not mpath.is_file():
-        raise ArtifactError(
-            f"{root} has no {MANIFEST_NAME}: it is not a (complete) ragrt artifact directory; "
-            "create it with `ragrt export`"
-        )
-    try:
-        data = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{mpath} is not valid JSON ({e}); re-run `ragrt export`") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{mpath} is not a JSON object; re-run `ragrt export`")
-    m = ArtifactManifest.from_dict(data, root)
+    m = ArtifactManifest.from_dict(read_manifest(root, KIND, version=FORMAT_VERSION), root)
     if precision is not None:
         m.require_precision(precision)
     if verify:

@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ragrt.errors import ArtifactError, DeviceError, InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onnxruntime import InferenceSession
 
 DEVICES = ("cpu", "cuda", "tensorrt")
 
@@ -72,7 +76,7 @@ def providers_for(opts: SessionOptions) -> list[str | tuple[str, dict]]:
     return [cuda, "CPUExecutionProvider"]
 
 
-def open_session(path: str | os.PathLike, opts: SessionOptions | None = None):
+def open_session(path: str | os.PathLike, opts: SessionOptions | None = None) -> InferenceSession:
     """Open one ONNX graph as an ``onnxruntime.InferenceSession``."""
     import onnxruntime as ort
 

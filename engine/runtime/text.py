@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +32,16 @@ def clean_up_tokenization(text: str) -> str:
         .replace(" 've", "'ve")
         .replace(" 're", "'re")
     )
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Tokenized texts: ``ids``/``mask`` int64 ``[B, L]``; ``truncated`` lists the rows that
+    were longer than ``max_length`` and cut."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    truncated: list[int]
 
 
 class TextTokenizer:
@@ -60,18 +71,14 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
-    def token_count(self, text: str) -> int:
-        """Number of ids ``text`` encodes to, special tokens included, before truncation."""
-        with self._lock:
-            return len(self._tok.encode(text).ids)
-
-    def encode_batch(
+    def tokenize(
         self, texts: Sequence[str], max_length: int, pad_to: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and attention mask, int64 ``[B, L]``.
+    ) -> TokenBatch:
+        """Token ids and attention mask, int64 ``[B, L]``, and which rows were truncated.
 
         Truncates to ``max_length`` (special tokens kept, as transformers' ``truncation=True``)
-        and right-pads to the longest row, or to ``pad_to`` when given.
+        and right-pads to the longest row, or to ``pad_to`` when given. Truncation is read off
+        the one encoding (its overflow), so nothing is tokenized twice.
         """
         with self._lock:
             self._tok.enable_truncation(max_length=max_length)
@@ -87,17 +94,16 @@ class TextTokenizer:
             n = len(e.ids)
             ids[i, :n] = e.ids
             mask[i, :n] = 1
-        return ids, mask
+        return TokenBatch(ids, mask, [i for i, e in enumerate(encs) if e.overflowing])
+
+    def encode_batch(
+        self, texts: Sequence[str], max_length: int, pad_to: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, mask)`` of :meth:`tokenize`."""
+        batch = self.tokenize(texts, max_length, pad_to)
+        return batch.ids, batch.mask
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         with self._lock:
             text = self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
         return clean_up_tokenization(text) if self.clean_up else text
-
-    def decode_batch(
-        self, rows: Sequence[Sequence[int]], skip_special_tokens: bool = True
-    ) -> list[str]:
-        return [self.decode(r, skip_special_tokens) for r in rows]
-
-    def id_to_token(self, i: int) -> str | None:
-        return self._tok.id_to_token(int(i))

@@ -62,6 +62,7 @@ _CODES = (
     "unsupported_model",
     "device_unavailable",
     "server_error",
+    "cancelled",
     "ragrt_error",
 )
 _CODE_RE = re.compile(r"\[(" + "|".join(_CODES) + r")\]\s*")
@@ -88,8 +89,21 @@ def error_from_text(text: str, default: type[RagrtError] = ServerError) -> Ragrt
 
 
 # -- strings ---------------------------------------------------------------------------------
-def encode_strings(values: Sequence[str]) -> np.ndarray:
-    return np.array([v.encode("utf-8") for v in values], dtype=np.object_)
+def utf8(text: str, what: str) -> bytes:
+    """``text`` as UTF-8; text that has no UTF-8 form (a lone surrogate such as ``"\\ud800"``)
+    is an :class:`InputError` naming ``what``."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{what} is not valid Unicode text (a lone surrogate at character {e.start}); "
+            "send text that can be encoded as UTF-8"
+        ) from None
+
+
+def encode_strings(values: Sequence[str], what: str = "question") -> np.ndarray:
+    """UTF-8 bytes of ``values`` as a BYTES array (see :func:`utf8`)."""
+    return np.array([utf8(v, f"{what} {i}") for i, v in enumerate(values)], dtype=np.object_)
 
 
 def decode_string(v: Any, what: str) -> str:
@@ -209,6 +223,11 @@ def parse_gen_request(
                 f"MODE={m!r} is unknown: choose 'token' (RAG-Token) or 'sequence' (RAG-Sequence)"
             )
         kw["mode"] = m
+    _check_ranges(kw, limits)
+    return qs, kw
+
+
+def _check_ranges(kw: dict[str, Any], limits: Limits) -> None:
     n_docs = kw.get("n_docs")
     if n_docs is not None and not 1 <= n_docs <= limits.max_n_docs:
         raise InputError(
@@ -220,15 +239,16 @@ def parse_gen_request(
         raise InputError(
             f"NUM_BEAMS={beams} is out of range: this server allows 1..{limits.max_num_beams} beams"
         )
-    for name in ("MAX_NEW_TOKENS", "NUM_RETURN_SEQUENCES"):
+    for name, lo in (
+        ("MAX_NEW_TOKENS", 1),
+        ("NUM_RETURN_SEQUENCES", 1),
+        ("MIN_NEW_TOKENS", 0),
+        ("NO_REPEAT_NGRAM_SIZE", 0),
+    ):
         v = kw.get(INT_PARAMS[name])
-        if v is not None and v < 1:
-            raise InputError(f"{name}={v} is out of range: it must be at least 1")
-    for name in ("MIN_NEW_TOKENS", "NO_REPEAT_NGRAM_SIZE"):
-        v = kw.get(INT_PARAMS[name])
-        if v is not None and v < 0:
-            raise InputError(f"{name}={v} is out of range: it must be 0 or more")
-    return qs, kw
+        if v is not None and v < lo:
+            least = "at least 1" if lo else "0 or more"
+            raise InputError(f"{name}={v} is out of range: it must be {least}")
 
 
 def parse_retrieve_request(
@@ -367,6 +387,39 @@ def unpack_results(
             GenerationResult(q, answers[i], _unpad(ids[i]), float(scores[i]), docs[i], seqs)
         )
     return results
+
+
+def stream_body(question: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Client side: the JSON body of an HTTP ``generate_stream`` request (tensor names as
+    keys; None values left out)."""
+    body: dict[str, Any] = {QUESTION: question}
+    for key, value in params.items():
+        if value is not None:
+            body[MODE if key == "mode" else PARAM_TENSORS[key]] = value
+    return body
+
+
+def stream_event(out: Callable[[str], np.ndarray | None]) -> tuple[str, bool]:
+    """Client side: ``(text, final)`` of one ``rag_stream`` response (gRPC)."""
+    text_arr = out("TEXT")
+    if text_arr is None:
+        raise ServerError("rag_stream response without TEXT; is the server a ragrt repository?")
+    text = decode_strings(text_arr, "TEXT")[0]
+    return text, bool(np.asarray(out("FINAL")).reshape(-1)[0])
+
+
+def stream_event_json(event: dict[str, Any]) -> tuple[str, bool]:
+    """Client side: ``(text, final)`` of one server-sent event of ``generate_stream`` (HTTP);
+    an ``error`` event raises the ragrt error it names."""
+    if not isinstance(event, dict):
+        raise ServerError(f"malformed stream event from the server: {event!r}")
+    if "error" in event:
+        raise error_from_text(str(event["error"]))
+    text = event.get("TEXT", "")
+    if isinstance(text, list):
+        text = text[0] if text else ""
+    final = event.get("FINAL", False)
+    return str(text), (final[0] if isinstance(final, list) else final) is True
 
 
 def stream_arrays(text: str, final: bool) -> dict[str, np.ndarray]:

@@ -23,19 +23,6 @@ class LogitsProcessor:
         raise NotImplementedError
 
 
-class MinLength(LogitsProcessor):
-    """Ban EOS while ``cur_len < min_length`` (``cur_len`` counts the decoder start token)."""
-
-    def __init__(self, min_length: int, eos_token_id: int):
-        self.min_length = int(min_length)
-        self.eos = int(eos_token_id)
-
-    def __call__(self, seqs: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        if seqs.shape[-1] < self.min_length:
-            scores[:, self.eos] = NEG_INF
-        return scores
-
-
 class MinNewTokens(LogitsProcessor):
     """Ban EOS while fewer than ``min_new_tokens`` tokens follow the ``prompt_length`` prefix."""
 

@@ -31,7 +31,6 @@ from ragrt.runtime.generation.params import GenerationParams
 from ragrt.runtime.generation.rag_token import check_inputs
 from ragrt.runtime.generation.search import (
     F32,
-    OnToken,
     TokenHypothesis,
     beam_fill_value,
     beam_search,
@@ -40,6 +39,9 @@ from ragrt.runtime.generation.search import (
     logsumexp,
     topk,
 )
+from ragrt.runtime.generation.streaming import Cancellation, check_cancelled
+from ragrt.runtime.generator import Generator
+from ragrt.tracing import Tracer, stage
 
 
 @dataclass
@@ -82,67 +84,97 @@ def sequence_log_likelihood(
 
 
 def candidates(
-    generator,
+    generator: Generator,
     context_ids: np.ndarray,
     context_mask: np.ndarray,
     doc_scores: np.ndarray,
     config: GenerationParams,
+    *,
+    stopping: Cancellation | None = None,
+    tracer: Tracer | None = None,
 ) -> list[SequenceCandidates]:
-    """Steps 1-3 of the module docstring for every question (the padded, scored candidates)."""
+    """Steps 1-3 of the module docstring for every question (the padded, scored candidates).
+
+    ``stopping`` is checked before every decode step and before each question's rescoring.
+    """
     ids, mask, scores, batch, n_docs = check_inputs(context_ids, context_mask, doc_scores)
-    states = generator.encode(ids, mask)
+    with stage(tracer, "generator_encode"):
+        states = generator.encode(ids, mask)
     K = config.num_beams
     items = batch * n_docs
-    dec = generator.decoder_step(states, mask, np.repeat(np.arange(items), K))
-    if K == 1:
-        per_item = [[h] for h in greedy(dec, items, config)]
-        fill = config.pad_token_id
-    else:
-        per_item = beam_search(dec, items, config, num_return_sequences=K)
-        fill = beam_fill_value(config)
-    del dec
+    with stage(tracer, "decode"):
+        dec = generator.decoder_step(states, mask, np.repeat(np.arange(items), K))
+        per_item: list[list[TokenHypothesis]]
+        if K == 1:
+            per_item = [[h] for h in greedy(dec, items, config, stopping=stopping, tracer=tracer)]
+            fill = config.pad_token_id
+        else:
+            per_item = beam_search(
+                dec, items, config, num_return_sequences=K, stopping=stopping, tracer=tracer
+            )
+            fill = beam_fill_value(config)
+        del dec
     doc_lp = log_softmax(scores, axis=1)
     out = []
-    for b in range(batch):
-        rows = [h.token_ids for d in range(n_docs) for h in per_item[b * n_docs + d]]
-        cands = _pad_candidates(rows, config.decoder_start_token_id, fill)
-        if config.do_deduplication:
-            seen: dict[tuple, int] = {}
-            for i, r in enumerate(map(tuple, cands.tolist())):
-                seen.setdefault(r, i)
-            keep = np.array(sorted(seen.values()))
-            cands, rows = cands[keep], [rows[i] for i in keep]
-        C, T = cands.shape
-        src = b * n_docs + np.tile(np.arange(n_docs), C)
-        logits = generator.teacher_forced_logits(
-            states, mask, src, np.repeat(cands, n_docs, axis=0)
-        )
-        lp = log_softmax(logits).reshape(C, n_docs, T, -1)
-        ll = sequence_log_likelihood(lp, cands, doc_lp[b], config)
-        best = topk(ll[None, :], min(config.num_return_sequences, C))[0]
-        out.append(SequenceCandidates(cands, rows, ll, best))
+    with stage(tracer, "rescore"):
+        for b in range(batch):
+            check_cancelled(stopping)
+            out.append(_rescore(generator, states, mask, b, n_docs, per_item, fill, doc_lp, config))
     return out
 
 
+def _rescore(
+    generator: Generator,
+    states: np.ndarray,
+    mask: np.ndarray,
+    b: int,
+    n_docs: int,
+    per_item: list[list[TokenHypothesis]],
+    fill: int,
+    doc_lp: np.ndarray,
+    config: GenerationParams,
+) -> SequenceCandidates:
+    """Question ``b``: pad and deduplicate its candidates, score each against every doc."""
+    rows = [h.token_ids for d in range(n_docs) for h in per_item[b * n_docs + d]]
+    cands = _pad_candidates(rows, config.decoder_start_token_id, fill)
+    if config.do_deduplication:
+        seen: dict[tuple[int, ...], int] = {}
+        for i, r in enumerate(map(tuple, cands.tolist())):
+            seen.setdefault(r, i)
+        keep = np.array(sorted(seen.values()))
+        cands, rows = cands[keep], [rows[i] for i in keep]
+    C, T = cands.shape
+    src = b * n_docs + np.tile(np.arange(n_docs), C)
+    logits = generator.teacher_forced_logits(states, mask, src, np.repeat(cands, n_docs, axis=0))
+    lp = log_softmax(logits).reshape(C, n_docs, T, -1)
+    ll = sequence_log_likelihood(lp, cands, doc_lp[b], config)
+    best = topk(ll[None, :], min(config.num_return_sequences, C))[0]
+    return SequenceCandidates(cands, rows, ll, best)
+
+
 def generate(
-    generator,
+    generator: Generator,
     context_ids: np.ndarray,
     context_mask: np.ndarray,
     doc_scores: np.ndarray,
     config: GenerationParams,
-    on_token: OnToken | None = None,
+    *,
+    stopping: Cancellation | None = None,
+    tracer: Tracer | None = None,
 ) -> list[list[TokenHypothesis]]:
     """RAG-Sequence generation; per question, up to ``num_return_sequences`` hypotheses.
 
-    Scores are the marginal ``log p(y|x)`` the candidates were ranked by. ``on_token`` is
-    accepted for signature compatibility with :func:`ragrt.runtime.generation.rag_token.generate`
-    and never called: the answer is only known after rescoring. ``config.sequence_decoding``
-    picks thorough (:func:`candidates`) or fast (:func:`fast_candidates`) decoding.
+    Scores are the marginal ``log p(y|x)`` the candidates were ranked by. Nothing streams: the
+    answer is only known after rescoring (or, for fast decoding, after every doc's search).
+    ``config.sequence_decoding`` picks thorough (:func:`candidates`) or fast
+    (:func:`fast_candidates`) decoding.
     """
     find = fast_candidates if config.sequence_decoding == "fast" else candidates
+    found = find(
+        generator, context_ids, context_mask, doc_scores, config, stopping=stopping, tracer=tracer
+    )
     return [
-        [TokenHypothesis(list(c.token_ids[i]), float(c.scores[i])) for i in c.best]
-        for c in find(generator, context_ids, context_mask, doc_scores, config)
+        [TokenHypothesis(list(c.token_ids[i]), float(c.scores[i])) for i in c.best] for c in found
     ]
 
 
@@ -156,11 +188,14 @@ def beam_log_prob(hyp: TokenHypothesis, config: GenerationParams) -> float:
 
 
 def fast_candidates(
-    generator,
+    generator: Generator,
     context_ids: np.ndarray,
     context_mask: np.ndarray,
     doc_scores: np.ndarray,
     config: GenerationParams,
+    *,
+    stopping: Cancellation | None = None,
+    tracer: Tracer | None = None,
 ) -> list[SequenceCandidates]:
     """RAG-Sequence "fast decoding" (Lewis et al. 2020, section 2.5): no rescoring pass.
 
@@ -172,17 +207,22 @@ def fast_candidates(
     ``do_deduplication`` does not apply; ties keep the first candidate (doc order, then beam).
     """
     ids, mask, scores, batch, n_docs = check_inputs(context_ids, context_mask, doc_scores)
-    states = generator.encode(ids, mask)
+    with stage(tracer, "generator_encode"):
+        states = generator.encode(ids, mask)
     K = config.num_beams
     items = batch * n_docs
-    dec = generator.decoder_step(states, mask, np.repeat(np.arange(items), K))
-    if K == 1:
-        per_item = [[h] for h in greedy(dec, items, config)]
-        fill = config.pad_token_id
-    else:
-        per_item = beam_search(dec, items, config, num_return_sequences=K)
-        fill = beam_fill_value(config)
-    del dec
+    with stage(tracer, "decode"):
+        dec = generator.decoder_step(states, mask, np.repeat(np.arange(items), K))
+        per_item: list[list[TokenHypothesis]]
+        if K == 1:
+            per_item = [[h] for h in greedy(dec, items, config, stopping=stopping, tracer=tracer)]
+            fill = config.pad_token_id
+        else:
+            per_item = beam_search(
+                dec, items, config, num_return_sequences=K, stopping=stopping, tracer=tracer
+            )
+            fill = beam_fill_value(config)
+        del dec
     doc_lp = log_softmax(scores, axis=1).astype(np.float64)
     out = []
     for b in range(batch):
@@ -190,8 +230,8 @@ def fast_candidates(
         padded = _pad_candidates(
             [h.token_ids for _, h in hyps], config.decoder_start_token_id, fill
         )
-        first: dict[tuple, int] = {}
-        terms: dict[tuple, list[float]] = {}
+        first: dict[tuple[int, ...], int] = {}
+        terms: dict[tuple[int, ...], list[float]] = {}
         for i, ((d, h), row) in enumerate(zip(hyps, map(tuple, padded.tolist()))):
             first.setdefault(row, i)
             terms.setdefault(row, []).append(doc_lp[b, d] + beam_log_prob(h, config))

@@ -19,19 +19,21 @@ from ragrt.errors import InputError
 from ragrt.runtime.generation.params import GenerationParams
 from ragrt.runtime.generation.search import (
     F32,
-    OnToken,
     TokenHypothesis,
     beam_search,
     greedy,
     log_softmax,
     logsumexp,
 )
+from ragrt.runtime.generation.streaming import Cancellation, Streamer
+from ragrt.runtime.generator import DecoderStep, Generator
+from ragrt.tracing import Tracer, stage
 
 
 class RagTokenStep:
     """Wraps a decoder step so that its scores are doc-marginalized log-probs per (question, beam)."""
 
-    def __init__(self, decoder, doc_logprobs: np.ndarray):
+    def __init__(self, decoder: DecoderStep, doc_logprobs: np.ndarray):
         self.dec = decoder
         self.doc_lp = np.asarray(doc_logprobs, dtype=F32)  # [rows, n_docs]
         self.n_docs = self.doc_lp.shape[1]
@@ -49,7 +51,7 @@ class RagTokenStep:
 
 
 def check_inputs(
-    context_ids, context_mask, doc_scores
+    context_ids: np.ndarray, context_mask: np.ndarray, doc_scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     ids = np.asarray(context_ids, dtype=np.int64)
     mask = np.asarray(context_mask, dtype=np.int64)
@@ -66,29 +68,42 @@ def check_inputs(
 
 
 def generate(
-    generator,
+    generator: Generator,
     context_ids: np.ndarray,
     context_mask: np.ndarray,
     doc_scores: np.ndarray,
     config: GenerationParams,
-    on_token: OnToken | None = None,
+    *,
+    streamer: Streamer | None = None,
+    stopping: Cancellation | None = None,
+    tracer: Tracer | None = None,
 ) -> list[list[TokenHypothesis]]:
     """RAG-Token generation; per question, ``num_return_sequences`` hypotheses, best first.
 
     ``context_ids``/``context_mask``: ``[B * n_docs, L]`` (question-major), ``doc_scores``:
-    ``[B, n_docs]`` (``n_docs`` is taken from its shape). ``on_token(step, tokens)`` streams
-    greedy decoding (one entry per question, ``None`` once a question has finished); it is
-    not called for beam search, whose best hypothesis is only known at the end.
+    ``[B, n_docs]`` (``n_docs`` is taken from its shape). Greedy decoding feeds ``streamer``
+    (one token per question per step); beam search does not, its best hypothesis is only known
+    at the end. ``stopping`` is checked before every decode step.
     """
     ids, mask, scores, batch, n_docs = check_inputs(context_ids, context_mask, doc_scores)
-    states = generator.encode(ids, mask)
+    with stage(tracer, "generator_encode"):
+        states = generator.encode(ids, mask)
     K = config.num_beams
     src = np.arange(batch)[:, None, None] * n_docs + np.arange(n_docs)[None, None, :]
     src = np.broadcast_to(src, (batch, K, n_docs)).reshape(-1)
     model = RagTokenStep(
         generator.decoder_step(states, mask, src), np.repeat(log_softmax(scores, axis=1), K, axis=0)
     )
-    if K == 1:
-        hyps = greedy(model, batch, config, normalized=True, on_token=on_token)
-        return [[h] for h in hyps]
-    return beam_search(model, batch, config)
+    with stage(tracer, "decode"):
+        if K == 1:
+            hyps = greedy(
+                model,
+                batch,
+                config,
+                normalized=True,
+                streamer=streamer,
+                stopping=stopping,
+                tracer=tracer,
+            )
+            return [[h] for h in hyps]
+        return beam_search(model, batch, config, stopping=stopping, tracer=tracer)

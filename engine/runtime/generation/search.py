@@ -15,7 +15,6 @@ scores are logits); RAG-Token wraps one so that its scores are doc-marginalized 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +22,8 @@ import numpy as np
 
 from ragrt.runtime.generation.params import GenerationParams
 from ragrt.runtime.generation.processors import ProcessorList, build_processors
+from ragrt.runtime.generation.streaming import FINISHED, Cancellation, Streamer, check_cancelled
+from ragrt.tracing import Tracer
 
 F32 = np.float32
 BIG_NEG = F32(-1.0e9)
@@ -48,8 +49,6 @@ class TokenHypothesis:
 
 
 Hypothesis = TokenHypothesis
-
-OnToken = Callable[[int, list], None]
 
 
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -85,14 +84,17 @@ def greedy(
     params: GenerationParams,
     *,
     normalized: bool = False,
-    on_token: OnToken | None = None,
     processors: ProcessorList | None = None,
+    streamer: Streamer | None = None,
+    stopping: Cancellation | None = None,
+    tracer: Tracer | None = None,
 ) -> list[TokenHypothesis]:
     """Greedy decoding of ``n_rows`` independent rows (one hypothesis per row).
 
     ``normalized``: the model's scores are already log-probs (RAG-Token); otherwise the score
-    of a token is its ``log_softmax``. ``on_token(step, tokens)`` is called after every step with
-    one entry per row: the new token id, or ``None`` for rows that finished earlier.
+    of a token is its ``log_softmax``. ``streamer.put`` gets every step's tokens, one per row
+    (:data:`~ragrt.runtime.generation.streaming.FINISHED` for rows that ended earlier), and
+    ``streamer.end()`` follows the last step. ``stopping`` is checked before every step.
     """
     procs = build_processors(params) if processors is None else processors
     eos = params.eos_token_id
@@ -100,8 +102,11 @@ def greedy(
     live = np.arange(n_rows)
     out: list[list[int]] = [[] for _ in range(n_rows)]
     scores = np.zeros(n_rows, dtype=np.float64)
-    for step in range(params.max_new_tokens):
+    for _ in range(params.max_new_tokens):
+        check_cancelled(stopping)
         raw = model.step(seqs[:, -1])
+        if tracer is not None:
+            tracer.step(len(live))
         processed = procs(seqs, np.array(raw, dtype=F32, copy=True))
         tok = np.argmax(processed, axis=-1)
         rows = np.arange(len(tok))
@@ -111,11 +116,10 @@ def greedy(
         scores[live] += picked
         for r, t in zip(live.tolist(), tok.tolist()):
             out[r].append(t)
-        if on_token is not None:
-            emitted: list = [None] * n_rows
-            for r, t in zip(live.tolist(), tok.tolist()):
-                emitted[r] = t
-            on_token(step, emitted)
+        if streamer is not None:
+            emitted = np.full(n_rows, FINISHED, dtype=np.int64)
+            emitted[live] = tok
+            streamer.put(emitted)
         seqs = np.concatenate([seqs, tok[:, None].astype(np.int64)], axis=1)
         keep = tok != eos
         if not keep.all():
@@ -124,6 +128,8 @@ def greedy(
             kept = np.nonzero(keep)[0]
             model.select(kept)
             seqs, live = seqs[kept], live[kept]
+    if streamer is not None:
+        streamer.end()
     return [TokenHypothesis(out[r], float(scores[r])) for r in range(n_rows)]
 
 
@@ -142,11 +148,14 @@ def beam_search(
     *,
     num_return_sequences: int | None = None,
     processors: ProcessorList | None = None,
+    stopping: Cancellation | None = None,
+    tracer: Tracer | None = None,
 ) -> list[list[TokenHypothesis]]:
     """Beam search over ``batch_size`` items of ``num_beams`` rows each (rows item-major).
 
     The model's rows start as ``batch_size * num_beams`` copies; returns, per item, the best
     ``num_return_sequences`` hypotheses (default ``params.num_return_sequences``), best first.
+    ``stopping`` is checked before every step.
     """
     procs = build_processors(params) if processors is None else processors
     K = params.num_beams
@@ -174,8 +183,11 @@ def beam_search(
 
     cur_len = prompt
     while True:
+        check_cancelled(stopping)
         flat_running = running_sequences[:, :, :cur_len].reshape(B * K, cur_len)
         raw = model.step(flat_running[:, -1])
+        if tracer is not None:
+            tracer.step(B * K)
         vocab = raw.shape[-1]
         log_probs = procs(flat_running, log_softmax(raw))
         log_probs = log_probs.reshape(B, K, vocab) + running_beam_scores[:, :, None]
