@@ -83,9 +83,10 @@ class TrainConfig:
     dropout: float = 0.1
     lr: float = 1.5e-3
     warmup_steps: int = 100
-    gold_steps: int = 700  # phase 1: gold passage only
-    gold_batch: int = 32
-    rag_steps: int = 250  # phase 2: gold among retrieved passages, marginal losses
+    gold_steps: int = 550  # phase 1: gold passage only
+    copy_examples: int = 3000  # phase 1 also copies other sentences of training passages
+    gold_batch: int = 24
+    rag_steps: int = 200  # phase 2: gold among retrieved passages, marginal losses
     rag_batch: int = 8  # questions per step (x rag_docs contexts)
     rag_docs: int = 4
     gold_words: int = 48  # phase 1 reads the first N words of the passage (cheap; answer is there)
@@ -151,6 +152,22 @@ def qa_items(passages: list[dict[str, str]]) -> list[QAItem]:
         kind = object_kind(p["title"], modules)
         qs = [t.format(p["title"]) for t in TEMPLATES[kind]]
         out.append(QAItem(p["id"], p["title"], kind, s, qs))
+    return out
+
+
+def clean_sentences(text: str) -> list[tuple[int, str]]:
+    """``(start offset, sentence)`` for every sentence of ``text`` that could be an answer:
+    4-22 words, no code."""
+    out = []
+    pos = 0
+    while pos < len(text):
+        m = _SENTENCE_END.search(text, pos)
+        if m is None:
+            break
+        s = text[pos : m.start() + 1].strip()
+        if MIN_ANSWER_WORDS <= len(s.split()) <= MAX_ANSWER_WORDS and not any(c in s for c in _CODE):
+            out.append((pos + len(text[pos:]) - len(text[pos:].lstrip()), s))
+        pos = m.end()
     return out
 
 
@@ -375,6 +392,7 @@ def train(
     gold: list[Example],
     retrieved: list[Example],
     log=print,
+    copies: list[Example] | None = None,
 ) -> tuple[object, dict]:
     import torch
     from transformers.models.bart.modeling_bart import shift_tokens_right
@@ -389,7 +407,8 @@ def train(
     history: dict[str, list[float]] = {"gold": [], "rag_token": [], "rag_sequence": []}
     fmt = argparse.Namespace(title_sep=" / ", doc_sep=" // ", prefix="")
     clipped = [
-        Example(e.question, e.answer, [_clip(e.docs[0], cfg.gold_words)], e.scores) for e in gold
+        Example(e.question, e.answer, [_clip(e.docs[0], cfg.gold_words)], e.scores)
+        for e in gold + (copies or [])
     ]
     gold_batches = _sortish_batches(clipped, tok, cfg.gold_batch, rng, docs=1)
     rag_batches = _sortish_batches(retrieved, tok, cfg.rag_batch, rng)
@@ -419,13 +438,41 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 50 == 0 or step == total - 1:
-            log(f"step {step:5d}/{total} loss {loss.item():.4f} lr {_lr(step, total, cfg):.2e}")
+            log(
+                f"step {step:5d}/{total} loss {loss.item():.4f} lr {_lr(step, total, cfg):.2e} "
+                f"cpu {time.process_time():.0f}s",
+                flush=True,
+            )
     model.eval()
     return model, history
 
 
 def _tail(xs: list[float], n: int = 50) -> float | None:
     return round(float(np.mean(xs[-n:])), 4) if xs else None
+
+
+def copy_examples(
+    cfg: TrainConfig, passages, held_titles: set[str], qa_ids: set[str], encoder: MiniLM
+) -> list[Example]:
+    """Extra phase-1 examples that teach *copying* rather than memorizing ~700 answers: for
+    every clean sentence of a training passage (held-out objects' passages excluded), the
+    passage cut to start at that sentence, a question about the passage's object, and that
+    sentence as the answer. A seeded sample of ``cfg.copy_examples`` of them."""
+    modules = {p["title"] for p in passages if "." not in p["title"]}
+    rng = random.Random(cfg.seed + 1)
+    raw: list[tuple[str, str, str, str]] = []  # question, answer, title, text
+    for p in passages:
+        if p["title"] in held_titles:
+            continue
+        templates = TEMPLATES[object_kind(p["title"], modules)]
+        for start, sent in clean_sentences(p["text"]):
+            if start == 0 and p["id"] in qa_ids:
+                continue  # a real question already asks for it
+            raw.append((rng.choice(templates).format(p["title"]), sent, p["title"], p["text"][start:]))
+    rng.shuffle(raw)
+    raw = raw[: cfg.copy_examples]
+    gen_q = encoder.generator_questions([r[0] for r in raw])
+    return [Example(q, a, [_Doc(t, x)], [0.0]) for q, (_, a, t, x) in zip(gen_q, raw)]
 
 
 def build_examples(cfg: TrainConfig, passages, train_items, held_items, encoder: MiniLM):
@@ -468,6 +515,17 @@ def write_heldout(items: list[QAItem], path: Path) -> int:
     return n
 
 
+def cpu_model() -> str:
+    """The CPU's name as /proc/cpuinfo gives it (Linux), else platform's guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="model folder to write")
@@ -484,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
         name, _, value = kv.partition("=")
         setattr(cfg, name, type(getattr(cfg, name))(value))
     t_wall, t_cpu = time.perf_counter(), time.process_time()
+    import torch
 
+    torch.set_num_threads(cfg.threads)  # MiniLM's embedding too, not only training
     from ragrt.export.fixtures import minilm_path
 
     passages = read_passages(corpus_path())
@@ -493,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     held_titles = {it.title for it in held_items}
     encoder = MiniLM(minilm_path())
     gold, retrieved, train_recall = build_examples(cfg, passages, train_items, held_items, encoder)
+    copies = copy_examples(cfg, passages, held_titles, {it.passage_id for it in items}, encoder)
     tok_texts = [f"{p['title']} / {p['text']}" for p in passages if p["title"] not in held_titles]
     tok_texts += [e.question for e in gold] + [e.answer for e in gold]
     tok = train_tokenizer(tok_texts, cfg.vocab_size)
@@ -501,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(held_items)} held out; train retrieval recall@{cfg.rag_docs} {train_recall:.3f}"
     )
     t_train_wall, t_train_cpu = time.perf_counter(), time.process_time()
-    model, history = train(cfg, tok, gold, retrieved)
+    print(f"{len(copies)} copy examples; cpu {time.process_time() - t_cpu:.0f}s", flush=True)
+    model, history = train(cfg, tok, gold, retrieved, copies=copies)
     train_wall = time.perf_counter() - t_train_wall
     train_cpu = time.process_time() - t_train_cpu
 
@@ -518,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             "qa_objects": len(items),
             "train_objects": len(train_items),
             "train_questions": len(gold),
+            "copy_examples": len(copies),
             "heldout_objects": len(held_items),
             "heldout_questions": n_held,
             "heldout_passages_excluded_from_training": sum(
@@ -539,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             "total_cpu": round(time.process_time() - t_cpu, 1),
         },
         "machine": {
+            "cpu_model": cpu_model(),
             "cpus": __import__("os").cpu_count(),
             "python": platform.python_version(),
             "torch": __import__("torch").__version__,
