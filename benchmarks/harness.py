@@ -193,7 +193,7 @@ def check_device(device: str, systems: list[str]) -> None:
     if "CUDAExecutionProvider" not in have:
         raise DeviceError(
             f"--device {device} needs onnxruntime-gpu with the CUDA provider (available: "
-            f"{', '.join(have)}); install `ragrt[gpu]` on a machine with an NVIDIA GPU, "
+            f"{', '.join(have)}); switch to the `gpu` extra on a machine with an NVIDIA GPU, "
             "or run --device cpu"
         )
     if any(x == "ragrt-int8" for x in systems):

@@ -515,13 +515,18 @@ def staging_dir(out: str | os.PathLike, kind: ArtifactKind, *, overwrite: bool) 
         raise InputError(f"cannot write {target}: {e.strerror or e}") from None
     try:
         yield tmp
-        _publish(tmp, target, kind, overwrite)
+        publish_dir(tmp, target, kind, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _publish(tmp: Path, out: Path, kind: ArtifactKind, overwrite: bool) -> None:
+def publish_dir(tmp: Path, out: Path, kind: ArtifactKind, *, overwrite: bool) -> None:
+    """Rename the finished directory ``tmp`` to ``out``; an existing ``out`` (an output of
+    ``kind``, see :func:`check_output`) is moved aside first and removed only after the rename.
+
+    :func:`staging_dir` calls it; a build that keeps its own durable work directory (the Ray
+    build, resumable) calls it when that directory is complete."""
     check_output(out, kind, overwrite=overwrite)  # again: something may have appeared meanwhile
     old = None
     if out.exists():
@@ -529,7 +534,7 @@ def _publish(tmp: Path, out: Path, kind: ArtifactKind, overwrite: bool) -> None:
         if old.exists():
             shutil.rmtree(old)
         out.rename(old)
-    (tmp / STAGING_MARKER).unlink()
+    (tmp / STAGING_MARKER).unlink(missing_ok=True)
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -558,6 +563,7 @@ __all__ = [
     "check_output",
     "check_paths",
     "clean_stale",
+    "publish_dir",
     "file_record",
     "from_json",
     "is_output_of",

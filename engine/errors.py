@@ -40,6 +40,14 @@ class DeviceError(RagrtError):
     code = "device_unavailable"
 
 
+class DependencyError(RagrtError, ImportError):
+    """An optional dependency is missing or broken: an extra (``export``, ``serve``, ``dev``), or
+    the compute stack (``cpu`` or ``gpu``: ONNX Runtime + FAISS), or both builds of one library.
+    Also an ImportError, so code that guards an optional import catches it."""
+
+    code = "missing_dependency"
+
+
 class ServerError(RagrtError):
     """A Triton server answered with an error, or could not be reached after retries."""
 
@@ -60,6 +68,7 @@ def error_from_code(code: str, message: str) -> RagrtError:
         ArtifactError,
         UnsupportedModelError,
         DeviceError,
+        DependencyError,
         ServerError,
         Cancelled,
     ):

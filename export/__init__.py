@@ -3,6 +3,11 @@
 This is the only part of ragrt that imports torch, transformers and optimum.
 """
 
-from ragrt.export.pipeline import ExportOptions, ExportResult, export_artifacts
+from ragrt.runtime.stack import require
+
+# fail at import, naming the extra, rather than with a bare ModuleNotFoundError mid-export
+require("ragrt.export", "export")
+
+from ragrt.export.pipeline import ExportOptions, ExportResult, export_artifacts  # noqa: E402
 
 __all__ = ["ExportOptions", "ExportResult", "export_artifacts"]

@@ -15,6 +15,10 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from ragrt.runtime.stack import require
+
+require("ragrt.export.fixtures", "dev")  # the real BERT vocabulary and MiniLM come from `dev`
+
 # Published configs, for benchmarks at real sizes (speed does not depend on weight values).
 BART_SIZES = {
     "bart-tiny": dict(

@@ -1,9 +1,17 @@
 """Parity of the exported graphs against PyTorch, per component and precision.
 
-For encoders: max |emb_torch - emb_onnx| and the minimum cosine over sample questions. For the
-generator: max |logits| difference of the first decoder step, and greedy token agreement of an
-ONNX Runtime greedy loop against PyTorch ``generate`` on sample contexts. fp32 must match
-(embeddings within 1e-4, greedy tokens identical); fp16/int8 must clear documented floors.
+For encoders: the max |emb_torch - emb_onnx|, the same relative to the embeddings' magnitude
+(per embedding: max abs error / max abs value) and the minimum cosine over sample questions.
+For the generator: max |logits| difference of the first decoder step, and greedy token agreement
+of an ONNX Runtime greedy loop against PyTorch ``generate`` on sample contexts. fp32 must match
+(embeddings within 0.1% of their magnitude, greedy tokens identical); fp16/int8 must clear
+documented floors.
+
+The fp32 encoder gate is relative because float32 rounding grows with the model: a correct
+export of a 12-layer, 768-wide encoder whose embeddings have norms ~28 differs from PyTorch by
+up to ~1e-3 in absolute terms, which an absolute 1e-4 gate refused. A wrong graph is off by
+more: on that encoder, tanh-approximated GELU instead of the exact one gives 1.6e-3, a dropped
+last layer 1.3; the cosine floor catches a wrong direction whatever the scale.
 """
 
 from __future__ import annotations
@@ -34,7 +42,11 @@ SAMPLE_CONTEXTS = [
 # every precision but gated only for fp32: fixture generators have random weights with a large
 # init scale, so near-ties are everywhere and one flipped token changes the rest of the sequence.
 THRESHOLDS = {
-    "fp32": {"encoder_max_abs": 1e-4, "encoder_min_cosine": 0.9999, "generator_exact_match": 1.0},
+    "fp32": {
+        "encoder_max_abs_rel": 1e-3,
+        "encoder_min_cosine": 0.9999,
+        "generator_exact_match": 1.0,
+    },
     "fp16": {"encoder_min_cosine": 0.99, "generator_logits_min_cosine": 0.99},
     "int8": {"encoder_min_cosine": 0.95, "generator_logits_min_cosine": 0.9},
 }
@@ -91,7 +103,7 @@ def _judge(metrics: dict[str, float], thresholds: dict[str, float]) -> bool:
     for key, limit in thresholds.items():
         if key not in metrics:
             continue
-        if key.endswith("max_abs"):
+        if "max_abs" in key:  # an error: at most the limit
             ok &= metrics[key] <= limit
         else:
             ok &= metrics[key] >= limit
@@ -104,11 +116,38 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
 
 
+def _max_abs_rel(got: np.ndarray, ref: np.ndarray) -> float:
+    """max over embeddings of max|got - ref| / max|ref|: the error in units of its magnitude."""
+    scale = np.maximum(np.abs(ref).max(axis=1), 1e-12)
+    return float((np.abs(got - ref).max(axis=1) / scale).max())
+
+
+def fp32_failure_message(rows: list[ParityRow]) -> str:
+    """The export error for failed fp32 rows: which metric missed which limit, and the way out."""
+    parts = []
+    for r in rows:
+        missed = [
+            f"{k}={_fmt(r.metrics[k])} (limit {_fmt(v)})"
+            for k, v in r.thresholds.items()
+            if k in r.metrics and not _judge({k: r.metrics[k]}, {k: v})
+        ]
+        parts.append(f"{r.component}: {', '.join(missed)}")
+    return (
+        f"fp32 parity against PyTorch failed ({'; '.join(parts)}): the ONNX graph does not "
+        "compute what the PyTorch model does. If you have checked the difference and accept "
+        "it, re-run with --no-parity to skip this check; otherwise please report it with the "
+        "checkpoint's config.json"
+    )
+
+
 def encoder_parity(
     src: EncoderSource, component: str, onnx_paths: dict[str, Path]
 ) -> list[ParityRow]:
-    import onnxruntime as ort
     import torch
+
+    from ragrt.runtime.stack import onnxruntime
+
+    ort = onnxruntime()
 
     from ragrt.export.onnx_export import pooled_encoder_module
 
@@ -130,6 +169,7 @@ def encoder_parity(
         got = sess.run(["embeddings"], {n: v.numpy() for n, v in feeds.items()})[0]
         metrics = {
             "encoder_max_abs": float(np.abs(got - ref).max()),
+            "encoder_max_abs_rel": _max_abs_rel(got, ref),
             "encoder_min_cosine": float(_cosines(got, ref).min()),
         }
         th = {k: v for k, v in THRESHOLDS[precision].items() if k.startswith("encoder")}
@@ -141,7 +181,9 @@ def _ort_greedy(
     paths: dict[str, Path], ids, mask, start: int, eos: int, max_new: int
 ) -> list[list[int]]:
     """Plain greedy with the KV cache (no logits processors), for the parity check only."""
-    import onnxruntime as ort
+    from ragrt.runtime.stack import onnxruntime
+
+    ort = onnxruntime()
 
     so = {"providers": ["CPUExecutionProvider"]}
     enc = ort.InferenceSession(str(paths["encoder"]), **so)
@@ -185,9 +227,12 @@ def generator_parity(
     onnx_paths: dict[str, dict[str, Path]],
     max_new: int = 16,
 ) -> list[ParityRow]:
-    import onnxruntime as ort
     import torch
     from transformers import GenerationConfig
+
+    from ragrt.runtime.stack import onnxruntime
+
+    ort = onnxruntime()
 
     batch = src.tokenizer(SAMPLE_CONTEXTS, padding=True, return_tensors="pt")
     gcfg = GenerationConfig(

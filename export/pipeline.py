@@ -13,6 +13,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ragrt import __version__
 from ragrt.artifacts import STAGING_MARKER, check_output, staging_dir
@@ -131,6 +132,8 @@ def export_artifacts(opts: ExportOptions) -> ExportResult:
 def _export_into(
     root: Path, src: Sources, precisions: list[str], opts: ExportOptions
 ) -> ExportResult:
+    """Every graph, tokenizer and the parity report into ``root`` (a staging directory), the
+    manifest last: a directory without one is not an artifact."""
     from tqdm.auto import tqdm
 
     encoders = {"question_encoder": src.question_encoder}
@@ -138,59 +141,16 @@ def _export_into(
         encoders["context_encoder"] = src.context_encoder
     n_steps = (len(encoders) + 1) * len(precisions) + (1 if opts.parity else 0)
     bar = tqdm(total=n_steps, desc="export", unit="step", disable=not opts.progress)
-
-    def step(desc: str) -> None:
-        bar.set_postfix_str(desc)
-
-    specs: dict[str, EncoderSpec] = {}
-    fp32_paths: dict[str, Path] = {}
     try:
-        for comp, esrc in encoders.items():
-            spec = _encoder_spec(esrc, comp)
-            _save_tokenizer(esrc.tokenizer, root / spec.tokenizer)
-            step(f"{comp} fp32")
-            fp32 = onnx_export.export_encoder(esrc, root / comp / "fp32" / "model.onnx")
-            fp32_paths[comp] = fp32
-            for p in precisions:
-                if p != "fp32":
-                    step(f"{comp} {p}")
-                    precision.CONVERTERS[p](fp32, root / comp / p / "model.onnx")
-                spec.onnx[p] = f"{comp}/{p}/model.onnx"
-                bar.update(1)
-            specs[comp] = spec
-
-        gspec = _generator_spec(src)
-        _save_tokenizer(src.generator.tokenizer, root / gspec.tokenizer)
-        step("generator fp32")
-        gfp32 = onnx_export.export_generator(src.generator, root / "generator" / "fp32")
-        for p in precisions:
-            if p != "fp32":
-                for role, path in gfp32.items():
-                    step(f"generator {role} {p}")
-                    precision.CONVERTERS[p](path, root / "generator" / p / path.name)
-            gspec.onnx[p] = {role: f"generator/{p}/{path.name}" for role, path in gfp32.items()}
-            bar.update(1)
-
+        specs = {
+            comp: _export_encoder(root, comp, esrc, precisions, bar)
+            for comp, esrc in encoders.items()
+        }
+        gspec, gfp32 = _export_generator(root, src, precisions, bar)
         report = None
         if opts.parity:
-            step("parity vs PyTorch")
-            report = parity.ParityReport()
-            for comp, esrc in encoders.items():
-                paths = {p: root / specs[comp].onnx[p] for p in precisions if p != "fp32"}
-                paths = {"fp32": fp32_paths[comp], **paths}
-                report.rows += parity.encoder_parity(esrc, comp, paths)
-            gpaths = {"fp32": gfp32}
-            gpaths.update(
-                {
-                    p: {r: root / rel for r, rel in gspec.onnx[p].items()}
-                    for p in precisions
-                    if p != "fp32"
-                }
-            )
-            g = src.generation
-            report.rows += parity.generator_parity(
-                src.generator, g.decoder_start_token_id, g.eos_token_id, g.pad_token_id, gpaths
-            )
+            bar.set_postfix_str("parity vs PyTorch")
+            report = _parity(root, src, encoders, specs, gspec, gfp32, precisions)
             bar.update(1)
         if "fp32" not in precisions:  # fp32 was the source of the other variants only
             for comp in [*encoders, "generator"]:
@@ -202,17 +162,7 @@ def _export_into(
         report.write(root / "parity.json")
         fp32_fail = report.failures("fp32")
         if fp32_fail:
-            names = ", ".join(f"{r.component} ({r.metrics})" for r in fp32_fail)
-            raise RagrtError(
-                f"fp32 parity against PyTorch failed for {names}; the export is wrong - "
-                "please report it with the checkpoint's config.json"
-            )
-
-    files = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name not in ("parity.json", STAGING_MARKER):
-            rel = p.relative_to(root).as_posix()
-            files[rel] = file_record(root, rel)
+            raise RagrtError(parity.fp32_failure_message(fp32_fail))
     manifest = ArtifactManifest(
         ragrt_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -222,8 +172,80 @@ def _export_into(
         generator=gspec,
         generation=src.generation,
         precisions=precisions,
-        files=files,
+        files=_file_records(root),
         root=root,
     )
     manifest.write(root)
     return ExportResult(root, manifest, report)
+
+
+def _export_encoder(
+    root: Path, comp: str, esrc: Any, precisions: list[str], bar: Any
+) -> EncoderSpec:
+    """One encoder: its tokenizer, the fp32 graph, and each other precision converted from it
+    (fp32 is always exported: it is the source of the others and of the parity check)."""
+    spec = _encoder_spec(esrc, comp)
+    _save_tokenizer(esrc.tokenizer, root / spec.tokenizer)
+    bar.set_postfix_str(f"{comp} fp32")
+    fp32 = onnx_export.export_encoder(esrc, root / comp / "fp32" / "model.onnx")
+    for p in precisions:
+        if p != "fp32":
+            bar.set_postfix_str(f"{comp} {p}")
+            precision.CONVERTERS[p](fp32, root / comp / p / "model.onnx")
+        spec.onnx[p] = f"{comp}/{p}/model.onnx"
+        bar.update(1)
+    return spec
+
+
+def _export_generator(
+    root: Path, src: Sources, precisions: list[str], bar: Any
+) -> tuple[GeneratorSpec, dict[str, Path]]:
+    """The generator's graphs (encoder, decoder, decoder with past) in every precision; returns
+    its spec and the fp32 graph paths by role."""
+    gspec = _generator_spec(src)
+    _save_tokenizer(src.generator.tokenizer, root / gspec.tokenizer)
+    bar.set_postfix_str("generator fp32")
+    gfp32 = onnx_export.export_generator(src.generator, root / "generator" / "fp32")
+    for p in precisions:
+        if p != "fp32":
+            for role, path in gfp32.items():
+                bar.set_postfix_str(f"generator {role} {p}")
+                precision.CONVERTERS[p](path, root / "generator" / p / path.name)
+        gspec.onnx[p] = {role: f"generator/{p}/{path.name}" for role, path in gfp32.items()}
+        bar.update(1)
+    return gspec, gfp32
+
+
+def _parity(
+    root: Path,
+    src: Sources,
+    encoders: dict[str, Any],
+    specs: dict[str, EncoderSpec],
+    gspec: GeneratorSpec,
+    gfp32: dict[str, Path],
+    precisions: list[str],
+) -> parity.ParityReport:
+    """Every exported graph against PyTorch on the same inputs (``parity.json``)."""
+    report = parity.ParityReport()
+    for comp, esrc in encoders.items():
+        paths = {"fp32": root / comp / "fp32" / "model.onnx"}  # exported even when not kept
+        paths.update({p: root / specs[comp].onnx[p] for p in precisions if p != "fp32"})
+        report.rows += parity.encoder_parity(esrc, comp, paths)
+    gpaths: dict[str, Any] = {"fp32": gfp32}
+    gpaths.update(
+        {p: {r: root / rel for r, rel in gspec.onnx[p].items()} for p in precisions if p != "fp32"}
+    )
+    g = src.generation
+    report.rows += parity.generator_parity(
+        src.generator, g.decoder_start_token_id, g.eos_token_id, g.pad_token_id, gpaths
+    )
+    return report
+
+
+def _file_records(root: Path) -> dict[str, dict[str, Any]]:
+    files = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name not in ("parity.json", STAGING_MARKER):
+            rel = p.relative_to(root).as_posix()
+            files[rel] = file_record(root, rel)
+    return files

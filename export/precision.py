@@ -92,3 +92,23 @@ def to_int8(src: Path, dst: Path) -> Path:
 
 
 CONVERTERS = {"fp16": to_fp16, "int8": to_int8}
+
+
+def to_int8_nbits(src: Path, dst: Path, block_size: int = 32) -> Path:
+    """int8 weights in blocks of ``block_size`` along K (``MatMulNBits``, 8 bits, symmetric),
+    computed with int8 activations quantized per block of each row (``accuracy_level=4``)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    q = MatMulNBitsQuantizer(
+        onnx.load(str(src)),
+        bits=8,
+        block_size=block_size,
+        is_symmetric=True,
+        accuracy_level=4,
+        op_types_to_quantize=("MatMul",),
+    )
+    q.process()
+    _save(q.model.model, dst)
+    return dst

@@ -18,6 +18,27 @@ from ragrt.runtime.manifest import GenerationDefaults
 
 GENERATOR_FAMILIES = {"bart": "bart", "mbart": "bart", "t5": "t5", "mt5": "t5"}
 POOLINGS = ("pooler", "cls", "mean")
+#: files of a Hugging Face model repository that export never reads (other frameworks/formats)
+HUB_IGNORE = [
+    "*.h5",
+    "*.msgpack",
+    "*.ot",
+    "*.tflite",
+    "*.onnx",
+    "*.onnx_data",
+    "onnx/*",
+    "openvino/*",
+    "coreml/*",
+]
+#: what a fast tokenizer is built from: tokenizer.json, or one of the slow vocabularies
+TOKENIZER_FILES = (
+    ("tokenizer.json",),  # any fast tokenizer
+    ("vocab.txt",),  # WordPiece: BERT, DPR, MiniLM
+    ("vocab.json", "merges.txt"),  # byte-level BPE: BART, RoBERTa
+    ("spiece.model",),  # sentencepiece unigram: T5, mT5, ALBERT
+    ("sentencepiece.bpe.model",),  # sentencepiece BPE: mBART, XLM-R
+    ("tokenizer.model",),
+)
 
 
 @dataclass
@@ -70,7 +91,98 @@ def _read_config(path: Path, what: str) -> dict[str, Any]:
         raise UnsupportedModelError(f"{cfg} is not valid JSON: {e}") from None
 
 
+def _is_hub_id(text: str) -> bool:
+    """``name`` or ``org/name`` as the Hugging Face hub spells repository ids."""
+    if text.startswith((".", "/", "~")) or text.endswith("/") or "\\" in text:
+        return False
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:  # huggingface_hub comes with transformers (the export extra)
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def resolve_model(ref: str | os.PathLike, what: str) -> Path:
+    """A local folder, else a Hugging Face hub id (``org/name``) resolved to a local snapshot.
+
+    As ``optimum-cli`` and ``from_pretrained`` do, a local path wins. A hub id is looked up in
+    the local Hugging Face cache first (``HF_HOME``; no network), then downloaded with
+    ``huggingface_hub.snapshot_download`` (the whole repository except other frameworks'
+    weights: sentence-transformers folders need their ``1_Pooling/`` etc.). Offline, or when
+    the hub cannot be reached, the error says how to fetch it elsewhere.
+    """
+    path = Path(ref)
+    text = str(ref)
+    if path.exists() or not _is_hub_id(text):
+        return path
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.utils import (  # (.errors only since 0.24)
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True, ignore_patterns=HUB_IGNORE))
+    except LocalEntryNotFoundError:
+        pass
+    fetch = (
+        f"download it where the hub is reachable with `huggingface-cli download {text} "
+        f"--local-dir DIR` and pass DIR instead"
+    )
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(
+            f"{what} {text!r} is neither a local folder nor in the Hugging Face cache, and "
+            f"HF_HUB_OFFLINE is set: {fetch}"
+        ) from None
+    try:
+        return Path(snapshot_download(text, ignore_patterns=HUB_IGNORE))
+    except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as e:
+        raise InputError(
+            f"{what} {text!r} is neither a local folder nor a model on the Hugging Face hub "
+            f"that this machine may read ({type(e).__name__}; private or gated models need "
+            "`huggingface-cli login`)"
+        ) from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        raise InputError(
+            f"{what} {text!r} is not a local folder, and the Hugging Face hub cannot be "
+            f"reached ({type(e).__name__}): {fetch}"
+        ) from None
+
+
+def _tokenizer_problem(path: Path) -> str | None:
+    """Why ``path`` cannot give a fast tokenizer (the files it lacks), or None."""
+    have = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    if any(all(f in have for f in files) for files in TOKENIZER_FILES):
+        return None
+    for files in TOKENIZER_FILES:  # half a vocabulary: name the other half
+        if any(f in have for f in files):
+            lacking = " and ".join(f for f in files if f not in have)
+            return f"{path} has {' + '.join(f for f in files if f in have)} but no {lacking}"
+    return (
+        f"{path} has no tokenizer files: a fast tokenizer needs tokenizer.json, or the "
+        "vocabulary it is built from (vocab.txt for BERT/DPR, vocab.json + merges.txt for "
+        "BART/RoBERTa, spiece.model for T5/ALBERT, sentencepiece.bpe.model for mBART/XLM-R)"
+    )
+
+
+def _check_tokenizer(path: Path, what: str) -> None:
+    problem = _tokenizer_problem(path)
+    if problem:
+        raise UnsupportedModelError(
+            f"cannot load the {what} tokenizer: {problem}; copy them from the model's "
+            f"repository, or save them there with tokenizer.save_pretrained('{path}')"
+        )
+
+
 def _fast_tokenizer(path: Path, what: str):
+    _check_tokenizer(path, what)  # else transformers fails with "'NoneType' ... 'endswith'"
     from transformers import AutoTokenizer
 
     try:
@@ -305,6 +417,18 @@ def load_rag_checkpoint(
     return q, g, gen
 
 
+def _check_folder(path: Path, what: str) -> None:
+    """A model folder has a readable config of a supported kind and its tokenizer files."""
+    cfg = _read_config(path, what)
+    if what == "generator":
+        _generator_family(cfg.get("model_type", ""), path)
+    if what != "RAG checkpoint":
+        _check_tokenizer(path, what)
+    elif cfg.get("model_type") == "rag":  # else load_rag_checkpoint says what it is instead
+        _check_tokenizer(path / "question_encoder_tokenizer", "question encoder")
+        _check_tokenizer(path / "generator_tokenizer", "generator")
+
+
 def load_sources(
     rag_dir: str | os.PathLike | None = None,
     question_encoder: str | os.PathLike | None = None,
@@ -322,6 +446,16 @@ def load_sources(
             "nothing to export: pass a RAG checkpoint MODEL_DIR, or both "
             "--question-encoder DIR and --generator DIR"
         )
+    # local folders or hub ids -> local folders
+    rag_dir, question_encoder, generator, context_encoder = (
+        resolve_model(path, what) if path is not None else None
+        for path, what in (
+            (rag_dir, "RAG checkpoint"),
+            (question_encoder, "question encoder"),
+            (generator, "generator"),
+            (context_encoder, "context encoder"),
+        )
+    )
     # check every folder before loading any model: a typo fails in milliseconds
     for path, what in (
         (rag_dir, "RAG checkpoint"),
@@ -330,9 +464,7 @@ def load_sources(
         (context_encoder, "context encoder"),
     ):
         if path is not None:
-            cfg = _read_config(Path(path), what)
-            if what == "generator":
-                _generator_family(cfg.get("model_type", ""), Path(path))
+            _check_folder(Path(path), what)
     if rag_dir is not None:
         q, g, gen = load_rag_checkpoint(rag_dir)
         desc = {"kind": "rag", "rag_dir": str(Path(rag_dir).resolve())}

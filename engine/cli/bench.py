@@ -115,14 +115,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ragrt.errors import InputError
+    from ragrt.runtime.stack import COMPUTE, missing_extra, require
 
+    needs = ("ragrt bench", "export", "dev", COMPUTE)
     try:
+        require(*needs)  # harness imports torch/optimum/matplotlib only inside its functions
         from ragrt.benchmarks import harness
-    except ImportError as e:  # torch/transformers/optimum/matplotlib missing
-        raise InputError(
-            f"ragrt bench needs the export and dev extras ({e.name} is missing): "
-            "pip install 'ragrt[export,dev]'"
-        ) from None
+    except ImportError as e:
+        raise missing_extra(e, *needs) from None
 
     for name in args.sizes:
         if name not in SIZES:

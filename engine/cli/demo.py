@@ -77,16 +77,14 @@ def model_note(record: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    from ragrt.errors import RagrtError
+    from ragrt.runtime.stack import missing_extra
 
     try:
         from ragrt.export import ExportOptions, export_artifacts
         from ragrt.export.demo_generator import DEMO_QUESTIONS, model_path
         from ragrt.export.fixtures import minilm_path
     except ImportError as e:
-        raise RagrtError(
-            f"the demo needs the export and dev extras ({e.name} missing): make demo"
-        ) from None
+        raise missing_extra(e, "ragrt demo", "export", "dev", "compute") from None
     from ragrt.engine import RagEngine
     from ragrt.retrieval.build import BuildOptions, build_index
 

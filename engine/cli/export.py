@@ -5,34 +5,36 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ragrt.errors import RagrtError
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a RAG checkpoint (or separate encoder/generator folders) to ONNX",
         description=(
-            "Export a Hugging Face RAG checkpoint (config.json model_type 'rag', e.g. a local "
-            "copy of facebook/rag-token-nq) or separate folders (--question-encoder, "
-            "--generator, optional --context-encoder) to ONNX in fp32/fp16/int8, with "
-            "manifest.json and a parity report against PyTorch. Needs the `export` extra."
+            "Export a Hugging Face RAG checkpoint (config.json model_type 'rag', e.g. "
+            "facebook/rag-token-nq) or separate models (--question-encoder, --generator, "
+            "optional --context-encoder) to ONNX in fp32/fp16/int8, with manifest.json and a "
+            "parity report against PyTorch. Each model is a local folder or a Hugging Face hub "
+            "id (a local folder of that name wins; then the local HF cache; then a download). "
+            "Needs the `export` extra and a compute stack (`cpu` or `gpu`)."
         ),
     )
-    p.add_argument("model_dir", nargs="?", type=Path, help="RAG checkpoint folder")
+    p.add_argument("model_dir", nargs="?", type=Path, help="RAG checkpoint: folder or hub id")
     p.add_argument(
         "--out", "-o", type=Path, required=True, help="artifact directory to write (ART_DIR)"
     )
     p.add_argument(
         "--question-encoder",
         type=Path,
-        help="question encoder folder (DPR, BERT, ALBERT, MiniLM, ...)",
+        help="question encoder: folder or hub id (DPR, BERT, ALBERT, MiniLM, ...)",
     )
-    p.add_argument("--generator", type=Path, help="generator folder (BART or T5/mT5 family)")
+    p.add_argument(
+        "--generator", type=Path, help="generator: folder or hub id (BART or T5/mT5 family)"
+    )
     p.add_argument(
         "--context-encoder",
         type=Path,
-        help="context encoder folder (needed only to index new passages)",
+        help="context encoder: folder or hub id (needed to index passages: `ragrt index build`)",
     )
     p.add_argument(
         "--precision",
@@ -51,7 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="L2-normalise embeddings (default: as the source model does)",
     )
     p.add_argument(
-        "--no-parity", dest="parity", action="store_false", help="skip the parity report"
+        "--no-parity",
+        dest="parity",
+        action="store_false",
+        help="skip the parity check against PyTorch (and its fp32 gate)",
     )
     p.add_argument(
         "--overwrite",
@@ -63,12 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ragrt.runtime.stack import COMPUTE, missing_extra, onnxruntime
+
+    needs = ("ragrt export", "export", COMPUTE)  # ONNX Runtime runs the parity check and int8
     try:
         from ragrt.export import ExportOptions, export_artifacts
+
+        onnxruntime()
     except ImportError as e:
-        raise RagrtError(
-            f"`ragrt export` needs the export extra ({e.name} is missing): pip install 'ragrt[export]'"
-        ) from None
+        raise missing_extra(e, *needs) from None
     opts = ExportOptions(
         out=args.out,
         rag_dir=args.model_dir,
@@ -82,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         overwrite=args.overwrite,
     )
-    res = export_artifacts(opts)
+    try:
+        res = export_artifacts(opts)
+    except ImportError as e:  # installed, but versions that do not import together
+        raise missing_extra(e, *needs) from None
     if res.parity is not None:
         print(res.parity.table())
         print(f"parity report: {res.art_dir / 'parity.json'}")

@@ -74,6 +74,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace an existing INDEX_DIR (only an index ragrt built)",
     )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = b.add_argument_group(
+        "Ray cluster (the `distributed` extra; the result equals the one-process build)"
+    )
+    r.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="embed on a Ray cluster: HOST:PORT of its head, `auto` for the cluster this node "
+        "is in; without ADDRESS the cluster in RAY_ADDRESS, else a new local Ray runtime",
+    )
+    r.add_argument("--workers", type=int, help="embedding actors (default 1)")
+    r.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        help="Ray CPUs per actor, also its ONNX Runtime threads (default 1)",
+    )
+    r.add_argument(
+        "--block-rows",
+        type=int,
+        help="passages per shard (default 4096; multiples of 4096 embed exactly the "
+        "one-process build's batches)",
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted Ray build of INDEX_DIR, reusing its embedded shards",
+    )
+    r.add_argument(
+        "--max-retries",
+        type=int,
+        help="restarts of a dead embedding actor and retries of its blocks (default 3)",
+    )
     b.set_defaults(func=_build)
 
     s = sub.add_parser(
@@ -106,6 +139,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.set_defaults(func=_info)
 
 
+_RAY_FLAGS = ("workers", "cpus_per_worker", "block_rows", "resume", "max_retries")
+
+
 def _build(args: argparse.Namespace) -> int:
     from ragrt.errors import InputError
     from ragrt.retrieval.build import BuildOptions, build_index
@@ -113,6 +149,19 @@ def _build(args: argparse.Namespace) -> int:
     if not args.model and not args.embeddings:
         raise InputError(
             "give --model ART_DIR (embed with its context encoder) or --embeddings FILE.npy"
+        )
+    if args.ray is None:
+        used = [
+            f"--{f.replace('_', '-')}"
+            for f in _RAY_FLAGS
+            if getattr(args, f) is not None and getattr(args, f) is not False
+        ]
+        if used:
+            raise InputError(f"{', '.join(used)} only apply to a Ray build: add --ray [ADDRESS]")
+    elif args.embeddings:
+        raise InputError(
+            "--ray embeds passages with --model's context encoder; precomputed --embeddings "
+            "need no cluster: drop --ray"
         )
     opts = BuildOptions(
         factory=args.factory,
@@ -125,15 +174,29 @@ def _build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    m = build_index(
-        args.passages,
-        args.out,
-        model=args.model,
-        embeddings=args.embeddings,
-        precision=args.precision,
-        device=args.device,
-        options=opts,
-    )
+    if args.ray is not None:
+        from ragrt.retrieval.distributed import RayOptions, build_index_ray
+
+        given = {f: getattr(args, f) for f in _RAY_FLAGS if getattr(args, f) is not None}
+        m = build_index_ray(
+            args.passages,
+            args.out,
+            model=args.model,
+            precision=args.precision,
+            device=args.device,
+            options=opts,
+            ray_options=RayOptions(address=args.ray or None, **given),
+        )
+    else:
+        m = build_index(
+            args.passages,
+            args.out,
+            model=args.model,
+            embeddings=args.embeddings,
+            precision=args.precision,
+            device=args.device,
+            options=opts,
+        )
     skipped = m.source.get("skipped_rows", 0)
     print(
         f"built {args.out}: {m.passages} passages, {m.dimension}-d, {m.factory}, "
@@ -141,6 +204,12 @@ def _build(args: argparse.Namespace) -> int:
         + (f", {skipped} bad rows skipped" if skipped else "")
         + f" ({m.build.get('seconds', 0):.1f}s)"
     )
+    ray = m.build.get("ray")
+    if ray:
+        print(
+            f"on Ray: {ray['nodes']} nodes, {ray['workers']} workers, {ray['blocks']} shards "
+            f"({ray['reused_blocks']} reused), {ray['embedded_passages_per_s']} passages/s"
+        )
     return 0
 
 

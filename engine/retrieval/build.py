@@ -12,6 +12,7 @@ import datetime as _dt
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,14 +137,7 @@ class _Embedder:
     def flush(self) -> None:
         if not self.buf:
             return
-        items = [(p.title, p.text) if p.title else p.text for p in self.buf]
-        order = np.argsort([len(p.title) + len(p.text) for p in self.buf], kind="stable")
-        emb = self.encoder.encode(
-            [items[i] for i in order], batch_size=self.opts.batch_size, sort_by_length=False
-        )
-        out = np.empty_like(emb)
-        out[order] = emb
-        _check_finite(out, self.n, "the context encoder produced")
+        out = embed_passages(self.encoder, self.buf, self.opts.batch_size, start=self.n)
         self.f.write(np.ascontiguousarray(out, dtype=self.dtype).tobytes())
         self.n += len(self.buf)
         if self.bar is not None:
@@ -155,6 +149,24 @@ class _Embedder:
         self.f.close()
         if self.bar is not None:
             self.bar.close()
+
+
+def embed_passages(
+    encoder: Any, passages: Sequence[Passage], batch_size: int, start: int = 0
+) -> np.ndarray:
+    """Embeddings ``[len(passages), dim]`` float32 of ``title [SEP] text``, in input order.
+
+    The chunk is sorted by length before batching (less padding) and put back in order. Both
+    the one-process and the Ray build embed the same chunks through here, so they run the
+    same batches and get the same bits. ``start`` (row of the first passage) locates NaN rows.
+    """
+    items = [(p.title, p.text) if p.title else p.text for p in passages]
+    order = np.argsort([len(p.title) + len(p.text) for p in passages], kind="stable")
+    emb = encoder.encode([items[i] for i in order], batch_size=batch_size, sort_by_length=False)
+    out = np.empty_like(emb)
+    out[order] = emb
+    _check_finite(out, start, "the context encoder produced")
+    return out
 
 
 def _check_finite(x: np.ndarray, start: int, what: str) -> None:
@@ -196,6 +208,34 @@ def _copy_embeddings(
             f.write(np.ascontiguousarray(block, dtype=dt).tobytes())
 
 
+def check_options(opts: BuildOptions, out: Path) -> None:
+    """Fail before any work on options no build can use (one-process and Ray alike)."""
+    if opts.exact_dtype not in EMB_FILES:
+        raise InputError(
+            f"exact embedding dtype must be float16 or float32, got {opts.exact_dtype!r}"
+        )
+    if opts.batch_size <= 0:
+        raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    if opts.train_size is not None and opts.train_size <= 0:
+        raise InputError(f"--train-size must be >= 1, got {opts.train_size}")
+    check_output(out, KIND, overwrite=opts.overwrite)
+
+
+def work_file(opts: BuildOptions, est_rows: int) -> tuple[str, str]:
+    """(dtype, file name) of the work embeddings for a corpus of about ``est_rows`` rows.
+
+    The work file holds every embedding between embedding and adding (and is the exact store
+    when kept). A flat index stores vectors as given, so it gets float32; IVF-PQ trains and
+    adds from float16 (halves the disk for 21M x 768) unless float32 exact scores are asked.
+    """
+    keep = opts.exact_embeddings
+    flat_expected = opts.factory == "Flat" or (opts.factory is None and est_rows < FLAT_BELOW)
+    if flat_expected:
+        return "float32", "embeddings.work"
+    work_dtype = opts.exact_dtype if keep else "float16"
+    return work_dtype, EMB_FILES[opts.exact_dtype] if keep else "embeddings.work"
+
+
 def build_index(
     passages: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -220,15 +260,7 @@ def build_index(
     t_start = time.perf_counter()
     src = Path(passages)
     out = Path(out_dir)
-    if opts.exact_dtype not in EMB_FILES:
-        raise InputError(
-            f"exact embedding dtype must be float16 or float32, got {opts.exact_dtype!r}"
-        )
-    if opts.batch_size <= 0:
-        raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
-    if opts.train_size is not None and opts.train_size <= 0:
-        raise InputError(f"--train-size must be >= 1, got {opts.train_size}")
-    check_output(out, KIND, overwrite=opts.overwrite)
+    check_options(opts, out)
     art = None
     if model is not None:
         from ragrt.runtime import manifest as manifest_mod
@@ -277,17 +309,9 @@ def _build(
     t_start: float,
 ) -> IndexManifest:
     stats = ReadStats(str(src), opts.fmt or "")
-    keep = opts.exact_embeddings
-    # The work file holds every embedding between embedding and adding (and is the exact store
-    # when kept). A flat index stores vectors as given, so it gets float32; IVF-PQ trains and
-    # adds from float16 (halves the disk for 21M x 768) unless float32 exact scores are asked.
     est_rows = len(pre) if pre is not None else count_lines(src)
-    flat_expected = opts.factory == "Flat" or (opts.factory is None and est_rows < FLAT_BELOW)
-    if flat_expected:
-        work_dtype = "float32"
-    else:
-        work_dtype = opts.exact_dtype if keep else "float16"
-    work = tmp / (EMB_FILES[opts.exact_dtype] if keep and not flat_expected else "embeddings.work")
+    work_dtype, work_name = work_file(opts, est_rows)
+    work = tmp / work_name
     timings: dict[str, float] = {}
 
     # 1. passages -> store (+ embeddings on the way)
@@ -310,8 +334,61 @@ def _build(
             )
         rows = np.asarray(stats.kept_rows, dtype=np.int64) if stats.skipped else None
         _copy_embeddings(pre, rows, work, work_dtype, opts.add_chunk, "the embeddings file")
-    n = st.passages
     timings["store_and_embed_s"] = time.perf_counter() - t
+    staged = StagedBuild(
+        tmp=tmp,
+        out=out,
+        work=work,
+        work_dtype=work_dtype,
+        passages=st.passages,
+        dim=dim,
+        ident=ident,
+        stats=stats,
+        embeddings="precomputed" if pre is not None else "context_encoder",
+        timings=timings,
+        t_start=t_start,
+    )
+    return finish_index(staged, opts, faiss)
+
+
+@dataclass
+class StagedBuild:
+    """A build directory whose passage store and work embeddings are written: what
+    :func:`finish_index` turns into an index (the one-process and the Ray build stage it)."""
+
+    tmp: Path
+    out: Path
+    work: Path  # raw ``work_dtype`` [passages, dim], row order (see :func:`work_file`)
+    work_dtype: str
+    passages: int
+    dim: int
+    ident: dict[str, Any]
+    stats: ReadStats
+    embeddings: str  # "context_encoder" | "precomputed"
+    timings: dict[str, float]
+    t_start: float
+
+
+def add_in_chunks(index: Any, vecs: np.ndarray, chunk: int) -> None:
+    """``index.add`` rows of ``vecs`` (any float dtype, memmap) in float32 chunks, in order."""
+    for s in range(0, len(vecs), chunk):
+        index.add(np.ascontiguousarray(vecs[s : s + chunk], dtype=np.float32))
+
+
+def finish_index(
+    staged: StagedBuild,
+    opts: BuildOptions,
+    faiss: Any,
+    add: Callable[[Any, np.ndarray], None] | None = None,
+) -> IndexManifest:
+    """Train, fill and calibrate the index over the staged embeddings; write the manifest.
+
+    ``add(trained_index, vecs)`` fills the index (default: :func:`add_in_chunks` in row order
+    with ``opts.add_chunk``); the Ray build adds chunks on the cluster and merges them.
+    """
+    tmp, out, work, work_dtype = staged.tmp, staged.out, staged.work, staged.work_dtype
+    n, dim, ident, stats = staged.passages, staged.dim, staged.ident, staged.stats
+    timings, t_start, keep = staged.timings, staged.t_start, opts.exact_embeddings
     vecs = np.memmap(work, dtype=np.dtype(work_dtype), mode="r", shape=(n, dim))
 
     # 2. index: factory, train on a sample, add in chunks
@@ -343,8 +420,10 @@ def _build(
         del xt
     timings["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    for s in range(0, n, opts.add_chunk):
-        index.add(np.ascontiguousarray(vecs[s : s + opts.add_chunk], dtype=np.float32))
+    if add is None:
+        add_in_chunks(index, vecs, opts.add_chunk)
+    else:
+        add(index, vecs)
     timings["add_s"] = time.perf_counter() - t
     faiss.write_index(index, str(tmp / INDEX_FILE))
 
@@ -378,12 +457,12 @@ def _build(
         exact_embeddings=exact,
         calibration=calibration,
         source={
-            "passages": str(src),
+            "passages": stats.path,
             "format": stats.format,
             "rows": stats.rows,
             "skipped_rows": stats.skipped,
             "skipped_examples": [f"line {ln}: {r}" for ln, r in stats.skipped_rows],
-            "embeddings": "precomputed" if pre is not None else "context_encoder",
+            "embeddings": staged.embeddings,
         },
         build={
             "train_size": train_n,
@@ -543,9 +622,15 @@ def _without(top: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
 
 __all__ = [
     "BuildOptions",
+    "StagedBuild",
+    "add_in_chunks",
     "build_index",
     "calibrate_nprobe",
+    "check_options",
+    "embed_passages",
     "exact_topk",
+    "finish_index",
     "load_embeddings",
     "model_identity",
+    "work_file",
 ]

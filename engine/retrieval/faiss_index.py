@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ragrt.errors import DeviceError
+from ragrt.runtime import stack
 
 #: corpora below this size get an exact flat index (IVF needs ~40 training points per list)
 FLAT_BELOW = 20_000
@@ -20,12 +20,9 @@ GPU_PQ_SUBDIMS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
 
 
 def load_faiss() -> Any:
-    """The ``faiss`` module, or a :class:`DeviceError` saying how to install it."""
-    try:
-        import faiss
-    except ImportError as e:  # pragma: no cover - faiss is a dependency
-        raise DeviceError("faiss is not installed: pip install faiss-cpu (or faiss-gpu)") from e
-    return faiss
+    """The ``faiss`` module; :func:`ragrt.runtime.stack.faiss` checks that exactly one build
+    (CPU or GPU) is installed and names the extra or the uninstall otherwise."""
+    return stack.faiss()
 
 
 # -- factory choice --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ragrt.retrieval.faiss_index import (
     is_gpu_index,
     load_faiss,
 )
+from ragrt.runtime import stack
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,7 @@ def gpu_plan(
     if device == "cpu":
         return GpuPlan(False, "cpu requested")
     if not has_gpu_faiss:
-        return _no(
-            device, "this faiss build has no GPU support (install faiss-gpu, the `gpu` extra)"
-        )
+        return _no(device, f"this faiss build has no GPU support (switch stacks: {stack.TO_GPU})")
     if num_gpus <= 0:
         return _no(device, "faiss sees no CUDA device")
     ids = list(range(num_gpus)) if gpus is None else [int(g) for g in gpus]

@@ -158,9 +158,26 @@ class Seq2SeqGenerator:
             raise InputError(
                 f"context ids/mask must be equal non-empty [N, L], got {ids.shape}/{mask.shape}"
             )
-        (states,) = self.encoder.run(
-            ["last_hidden_state"], {"input_ids": ids, "attention_mask": mask}
-        )
+        lens = right_padded_lengths(mask)
+        buckets = length_buckets(lens) if lens is not None else [np.arange(len(ids))]
+        if len(buckets) == 1 and (lens is None or lens.max() == ids.shape[1]):
+            (states,) = self.encoder.run(
+                ["last_hidden_state"], {"input_ids": ids, "attention_mask": mask}
+            )
+            return states
+        assert lens is not None  # lengths unknown -> one bucket -> returned above
+        # Each bucket runs at its own longest length; the rest stays zero (masked anyway).
+        states = None
+        for rows in buckets:
+            n = int(lens[rows].max())
+            feeds = {
+                "input_ids": np.ascontiguousarray(ids[rows, :n]),
+                "attention_mask": np.ascontiguousarray(mask[rows, :n]),
+            }
+            (part,) = self.encoder.run(["last_hidden_state"], feeds)
+            if states is None:
+                states = np.zeros(ids.shape + part.shape[2:], dtype=part.dtype)
+            states[rows, :n] = part
         return states
 
     def decoder_step(
@@ -183,6 +200,42 @@ class Seq2SeqGenerator:
         }
         (logits,) = self.decoder.run(["logits"], feeds)
         return logits.astype(np.float32, copy=False)
+
+
+BUCKET_SLACK = 0.1
+"""A length bucket may hold up to 10% padding tokens: a few more, shorter encoder runs are
+cheaper than encoding padding (the encoder is compute-bound and linear in tokens)."""
+
+
+def right_padded_lengths(mask: np.ndarray) -> np.ndarray | None:
+    """Row lengths when every row of ``mask`` is ones then zeros (else ``None``)."""
+    lens = mask.sum(axis=1)
+    if lens.min() < 1 or not np.array_equal(
+        mask != 0, np.arange(mask.shape[1])[None, :] < lens[:, None]
+    ):
+        return None
+    return lens
+
+
+def length_buckets(lengths: np.ndarray, slack: float = BUCKET_SLACK) -> list[np.ndarray]:
+    """Rows to encode together: longest first, a bucket grows while padding stays <= slack.
+
+    Why: padding every context to the longest one makes the encoder (and its cost) scale with
+    ``rows x longest``; encoding each bucket at its own length gives bit-identical states on
+    the real positions (every op is row-wise or masked, and masked scores add exact zeros).
+    """
+    order = np.argsort(-lengths, kind="stable")
+    buckets: list[list[int]] = []
+    top = real = 0
+    for r in order.tolist():
+        n = int(lengths[r])
+        if buckets and top * (len(buckets[-1]) + 1) <= (1 + slack) * (real + n):
+            buckets[-1].append(r)
+            real += n
+        else:
+            buckets.append([r])
+            top = real = n
+    return [np.array(sorted(b), dtype=np.int64) for b in buckets]
 
 
 def _first_step_groups(src: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -219,14 +272,7 @@ class CpuDecoderStep:
         if self.self_kv is None:
             groups = _first_step_groups(self.src, ids)
             run_rows = groups[0] if groups else np.arange(self.rows)
-            feeds = {
-                "encoder_attention_mask": np.ascontiguousarray(self.enc_mask[run_rows]),
-                "input_ids": np.ascontiguousarray(ids[run_rows]),
-                "encoder_hidden_states": np.ascontiguousarray(
-                    self.states[self.src[run_rows]], dtype=g.state_dtype
-                ),
-            }
-            outs = dict(zip(g.dec_out_names, g.decoder.run(None, feeds)))
+            outs = self._first_step(run_rows, ids[run_rows])
             expand = (lambda a: a[groups[1]]) if groups else (lambda a: a)
             self.self_kv = [expand(outs["present." + n]) for n in g.self_names]
             self.cross_kv = [expand(outs["present." + n]) for n in g.cross_names]
@@ -241,6 +287,49 @@ class CpuDecoderStep:
             self.self_kv = [outs["present." + n] for n in g.self_names]
             logits = outs["logits"][:, -1, :]
         return logits.astype(np.float32, copy=False)
+
+    def _first_step(self, run_rows: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """First decoder step of ``run_rows``, in the encoder's length buckets.
+
+        The first step computes every layer's cross-attention keys/values over the contexts;
+        each bucket runs at its own longest length and the caches are padded back with zeros
+        (masked, so later steps and logits keep the same bits), as in ``encode``.
+        """
+        g = self.gen
+        mask = np.ascontiguousarray(self.enc_mask[run_rows])
+        states = self.states[self.src[run_rows]]
+        lens = right_padded_lengths(mask)
+        buckets = length_buckets(lens) if lens is not None else [np.arange(len(run_rows))]
+        if len(buckets) == 1 and (lens is None or lens.max() == mask.shape[1]):
+            feeds = {
+                "encoder_attention_mask": mask,
+                "input_ids": ids,
+                "encoder_hidden_states": np.ascontiguousarray(states, dtype=g.state_dtype),
+            }
+            return dict(zip(g.dec_out_names, g.decoder.run(None, feeds)))
+        assert lens is not None  # lengths unknown -> one bucket -> returned above
+        outs: dict[str, np.ndarray] = {}
+        for rows in buckets:
+            n = int(lens[rows].max())
+            feeds = {
+                "encoder_attention_mask": np.ascontiguousarray(mask[rows, :n]),
+                "input_ids": np.ascontiguousarray(ids[rows]),
+                "encoder_hidden_states": np.ascontiguousarray(
+                    states[rows, :n], dtype=g.state_dtype
+                ),
+            }
+            for name, a in zip(g.dec_out_names, g.decoder.run(None, feeds)):
+                cross = name.endswith((".encoder.key", ".encoder.value"))
+                if name not in outs:
+                    shape = (len(ids), *a.shape[1:])
+                    if cross:  # [rows, heads, context, head_dim]
+                        shape = (*shape[:2], mask.shape[1], *shape[3:])
+                    outs[name] = np.zeros(shape, a.dtype)
+                if cross:
+                    outs[name][rows, :, :n] = a
+                else:
+                    outs[name][rows] = a
+        return outs
 
     def select(self, idx: np.ndarray) -> None:
         idx = np.asarray(idx, dtype=np.int64)

@@ -23,7 +23,6 @@ from ragrt.runtime.generation.search import (
     beam_search,
     greedy,
     log_softmax,
-    logsumexp,
 )
 from ragrt.runtime.generation.streaming import Cancellation, Streamer
 from ragrt.runtime.generator import DecoderStep, Generator
@@ -37,12 +36,39 @@ class RagTokenStep:
         self.dec = decoder
         self.doc_lp = np.asarray(doc_logprobs, dtype=F32)  # [rows, n_docs]
         self.n_docs = self.doc_lp.shape[1]
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         logits = self.dec.step(np.repeat(np.asarray(tokens, dtype=np.int64), self.n_docs))
-        rows, vocab = self.doc_lp.shape[0], logits.shape[-1]
-        lp = log_softmax(logits).reshape(rows, self.n_docs, vocab) + self.doc_lp[:, :, None]
-        return logsumexp(lp, axis=1)
+        return self.marginalize(logits)
+
+    def marginalize(self, logits: np.ndarray) -> np.ndarray:
+        """``logsumexp_d(log_softmax(logits_d) + doc_lp_d)`` per (question, beam).
+
+        The arithmetic of :func:`log_softmax` then :func:`logsumexp`, element for element (the
+        same bits), one (question, beam) group of ``n_docs`` rows at a time in two reused
+        scratch arrays: at 80 rows x 50k vocab the whole-array version streams ten 16 MB
+        temporaries through memory; a group's 1 MB stays in cache (about 2x less CPU).
+        """
+        x = np.asarray(logits, dtype=F32)
+        n, vocab = self.n_docs, x.shape[-1]
+        if self._scratch is None or self._scratch[0].shape != (n, vocab):
+            self._scratch = (np.empty((n, vocab), F32), np.empty((n, vocab), F32))
+        a, b = self._scratch
+        out = np.empty((self.doc_lp.shape[0], vocab), F32)
+        for g in range(out.shape[0]):
+            xg = x[g * n : (g + 1) * n]
+            m = np.max(xg, axis=-1, keepdims=True)
+            m = np.where(np.isfinite(m), m, F32(0))
+            np.subtract(xg, m, out=a)  # shifted
+            np.exp(a, out=b)
+            np.subtract(a, np.log(np.sum(b, axis=-1, keepdims=True)), out=a)  # log_softmax
+            np.add(a, self.doc_lp[g][:, None], out=a)
+            m = np.max(a, axis=0, keepdims=True)
+            m = np.where(np.isfinite(m), m, F32(0))
+            np.exp(np.subtract(a, m, out=b), out=b)
+            np.add(np.log(np.sum(b, axis=0, keepdims=True)), m, out=out[g : g + 1])
+        return out
 
     def select(self, idx: np.ndarray) -> None:
         idx = np.asarray(idx, dtype=np.int64)
