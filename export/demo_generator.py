@@ -82,14 +82,14 @@ class TrainConfig:
     max_positions: int = 320
     dropout: float = 0.1
     lr: float = 1.5e-3
-    warmup_steps: int = 100
-    gold_steps: int = 550  # phase 1: gold passage only
+    warmup_steps: int = 60
+    gold_steps: int = 500  # phase 1: gold passage only
     copy_examples: int = 3000  # phase 1 also copies other sentences of training passages
     gold_batch: int = 24
-    rag_steps: int = 200  # phase 2: gold among retrieved passages, marginal losses
+    rag_steps: int = 120  # phase 2: gold among retrieved passages, marginal losses
     rag_batch: int = 8  # questions per step (x rag_docs contexts)
-    rag_docs: int = 4
-    gold_words: int = 48  # phase 1 reads the first N words of the passage (cheap; answer is there)
+    rag_docs: int = 3
+    gold_words: int = 32  # phase 1 reads the first N words of the passage (cheap; answer is there)
     threads: int = 2
     max_new_tokens: int = 47  # generation config: max_length = 48
 
@@ -165,7 +165,9 @@ def clean_sentences(text: str) -> list[tuple[int, str]]:
         if m is None:
             break
         s = text[pos : m.start() + 1].strip()
-        if MIN_ANSWER_WORDS <= len(s.split()) <= MAX_ANSWER_WORDS and not any(c in s for c in _CODE):
+        if MIN_ANSWER_WORDS <= len(s.split()) <= MAX_ANSWER_WORDS and not any(
+            c in s for c in _CODE
+        ):
             out.append((pos + len(text[pos:]) - len(text[pos:].lstrip()), s))
         pos = m.end()
     return out
@@ -468,7 +470,9 @@ def copy_examples(
         for start, sent in clean_sentences(p["text"]):
             if start == 0 and p["id"] in qa_ids:
                 continue  # a real question already asks for it
-            raw.append((rng.choice(templates).format(p["title"]), sent, p["title"], p["text"][start:]))
+            raw.append(
+                (rng.choice(templates).format(p["title"]), sent, p["title"], p["text"][start:])
+            )
     rng.shuffle(raw)
     raw = raw[: cfg.copy_examples]
     gen_q = encoder.generator_questions([r[0] for r in raw])
