@@ -10,9 +10,10 @@ RAG-Sequence fast decoding, greedy and 4 beams:
   ``RagSequenceForGeneration.generate``, and for fast decoding (which transformers does not
   offer) :func:`reference_fast_decode`, the generator's own beam search per doc with
   ``compute_transition_scores``;
-- **ragrt-P** for each precision P (``--precisions``: any variant the artifact holds, so int8
-  schemes added later are one more name): ``RagEngine.generate`` end to end, its own retrieval
-  at that precision included.
+- **ragrt-P** for each system P (``--precisions``): the artifact's fp32 / fp16 / int8 variants,
+  and ``int8-<scheme>`` for the speed work's calibration-free int8 generator schemes
+  (:func:`scheme_artifact`): ``RagEngine.generate`` end to end, its own retrieval at that
+  precision included.
 
 Rows report EM / F1 (SQuAD normalisation, :mod:`ragrt.evaluation`), recall@5, and the share of
 questions whose tokens equal the reference's for the same decoding. fp32 must match the
@@ -22,8 +23,9 @@ reference token for token. Run::
         --out benchmarks/results/quality_demo.json
 
 ``--work`` gets the demo artifact (every precision asked) and index, built once and reused.
-Timings are recorded in the JSON (seconds per configuration) but left out of the table unless
-``--timings``: only a quiet machine gives meaningful ones.
+Timings are recorded in the JSON per configuration as wall seconds and as CPU seconds of this
+process (``time.process_time``, all threads: the work done, much less sensitive than wall time
+to other jobs on shared cores); ``--timings`` adds CPU ms per question to the table.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_QUESTIONS = ROOT / "engine" / "demo" / "heldout_questions.jsonl"
 DECODINGS = (("token", None), ("sequence", "thorough"), ("sequence", "fast"))
 BEAMS = (1, 4)
-DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
+# int8 generator schemes of the speed work (benchmarks/int8_schemes.py); ragrt's own "int8" is
+# its dynamic-pc. static-*: activation scales calibrated on training questions (never held-out
+# ones); nbits8 needs the onnx-ir package (ONNX Runtime's MatMulNBits quantizer imports it)
+INT8_SCHEMES = ("dynamic-pt", "static-pc-u8", "static-pc-s8", "nbits8")
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8", *(f"int8-{s}" for s in INT8_SCHEMES))
+CALIBRATION_QUESTIONS = 8
 RECALL_K = 5
 
 
@@ -59,7 +66,8 @@ class Row:
     f1: float
     recall_at_5: float | None
     same_tokens_as_reference: float | None  # fraction of questions
-    seconds: float
+    seconds: float  # wall
+    cpu_seconds: float  # time.process_time of this process, all threads
     answers: list[str] = field(default_factory=list)
     token_ids: list[list[int]] = field(default_factory=list)
 
@@ -219,6 +227,80 @@ class Reference:
 
 
 # -- the table ----------------------------------------------------------------------------------
+def calibration_feeds(art: Path, index: Path, n_docs: int) -> dict[str, list[dict[str, Any]]]:
+    """fp32 generator feeds (encoder, decoder, every 4th decoder-with-past step) recorded
+    while RAG-Token greedy answers ``CALIBRATION_QUESTIONS`` *training* questions of the demo
+    split (the held-out ones are what the table measures)."""
+    from ragrt.benchmarks.int8_schemes import record_feeds
+    from ragrt.engine import RagEngine
+    from ragrt.export import demo_generator as dg
+    from ragrt.runtime.generation import rag_token
+    from ragrt.runtime.generation.params import GenerationParams
+
+    cfg = json.loads((dg.model_path() / "training.json").read_text())["config"]
+    items = dg.qa_items(dg.read_passages(dg.corpus_path()))
+    train, _ = dg.split(items, cfg["heldout_fraction"], cfg["seed"])
+    qs = [it.questions[0] for it in train[:: max(1, len(train) // CALIBRATION_QUESTIONS)]]
+    eng = RagEngine.load(art, index)
+    params = GenerationParams.from_defaults(eng.manifest.generation, n_docs=n_docs)
+    prep = eng.prepare(qs[:CALIBRATION_QUESTIONS], n_docs)
+    return record_feeds(
+        eng.generator,
+        lambda gen: rag_token.generate(
+            gen, prep.context_ids, prep.context_mask, prep.doc_scores, params
+        ),
+    )
+
+
+def scheme_available(scheme: str) -> bool:
+    if scheme.startswith("nbits8"):
+        try:
+            import onnx_ir  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def scheme_artifact(
+    art: Path, scheme: str, work: Path, calib: dict[str, list[dict[str, Any]]] | None = None
+) -> Path:
+    """A copy of ``art`` whose int8 generator graphs are built from its fp32 ones with an int8
+    scheme of :mod:`ragrt.benchmarks.int8_schemes` (question encoder: ragrt's int8). Loaded
+    with ``precision="int8", verify=False`` (the manifest's sha256 are the dynamic-pc files')."""
+    import shutil
+
+    from ragrt.benchmarks import int8_schemes
+
+    out = work / f"art-int8-{scheme}"
+    if (out / "manifest.json").exists():
+        return out
+    tmp = work / f".art-int8-{scheme}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(art, tmp)
+    onnx = json.loads((art / "manifest.json").read_text())["generator"]["onnx"]
+    conv = int8_schemes.schemes(calib or {})[scheme]
+    for role, rel in onnx["int8"].items():
+        dst = tmp / rel
+        dst.unlink()
+        for extra in dst.parent.glob(dst.name + ".data"):
+            extra.unlink()
+        conv(art / onnx["fp32"][role], dst, role)
+    tmp.rename(out)
+    return out
+
+
+def load_system(art: Path, index: Path, system: str, work: Path, n_docs: int = 5) -> Any:
+    """``fp32`` / ``fp16`` / ``int8`` (the artifact's variants) or ``int8-<scheme>``."""
+    from ragrt.engine import RagEngine
+
+    if system.startswith("int8-"):
+        scheme = system.removeprefix("int8-")
+        calib = calibration_feeds(art, index, n_docs) if scheme.startswith("static") else None
+        alt = scheme_artifact(art, scheme, work, calib)
+        return RagEngine.load(alt, index, precision="int8", verify=False)
+    return RagEngine.load(art, index, precision=system)
+
+
 def prepare_demo(work: Path, precisions: Sequence[str]) -> tuple[Path, Path]:
     """The demo artifact (MiniLM + the shipped generator, every precision) and its index."""
     from ragrt.export import ExportOptions, export_artifacts
@@ -227,7 +309,7 @@ def prepare_demo(work: Path, precisions: Sequence[str]) -> tuple[Path, Path]:
     from ragrt.retrieval.build import build_index
 
     art, index = work / "art", work / "index"
-    want = sorted(set(precisions) | {"fp32"})
+    want = sorted({p.split("-")[0] for p in precisions} | {"fp32"})
     have = []
     if (art / "manifest.json").exists():
         have = json.loads((art / "manifest.json").read_text()).get("precisions", [])
@@ -261,6 +343,7 @@ def run(
     questions_file: Path,
     precisions: Sequence[str] = DEFAULT_PRECISIONS,
     n_docs: int = 5,
+    work: Path | None = None,
     beams: Sequence[int] = BEAMS,
     decodings: Sequence[tuple[str, str | None]] = DECODINGS,
     limit: int | None = None,
@@ -277,7 +360,12 @@ def run(
     torch.set_num_threads(1)
     qs = read_questions(questions_file)[:limit]
     texts = [q.question for q in qs]
-    engines = {p: RagEngine.load(art, index, precision=p) for p in precisions}
+    work = work or art.parent
+    skipped = [p for p in precisions if not scheme_available(p.removeprefix("int8-"))]
+    for p in skipped:
+        log(f"skipping {p}: its quantizer needs the onnx-ir package (pip install onnx-ir)")
+    precisions = [p for p in precisions if p not in skipped]
+    engines = {p: load_system(art, index, p, work, n_docs) for p in precisions}
     if "fp32" not in engines:
         engines["fp32"] = RagEngine.load(art, index, precision="fp32")
     fp32 = engines["fp32"]
@@ -295,7 +383,7 @@ def run(
         ]
         for p, e in engines.items()
     }
-    from ragrt.export.demo_generator import DEMO_QUESTIONS
+    from ragrt.export.demo_generator import DEMO_QUESTIONS, cpu_model
 
     demo_docs = fp32.retrieve(DEMO_QUESTIONS, k=n_docs)
     demo_answers = fp32.generate(DEMO_QUESTIONS, n_docs=min(3, n_docs))
@@ -308,14 +396,14 @@ def run(
             if mode == "sequence":
                 overrides["sequence_decoding"] = decoding
             params = GenerationParams.from_defaults(defaults, **overrides)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             ref_ids: list[list[int]] = []
             for s in range(0, len(texts), batch_size):
                 ids, mask, sc = ref.contexts(
                     texts[s : s + batch_size], docs[s : s + batch_size], defaults
                 )
                 ref_ids += ref.generate(mode, decoding, params, ids, mask, sc)
-            secs = time.perf_counter() - t0
+            secs, cpu = time.perf_counter() - t0, time.process_time() - c0
             ref_text = ref.tok.batch_decode(ref_ids, skip_special_tokens=True)
             rep = score(qs, ref_text, retrieved["fp32"], (RECALL_K,))
             rows.append(
@@ -329,6 +417,7 @@ def run(
                     rep.recall.get(RECALL_K),
                     None,
                     round(secs, 2),
+                    round(cpu, 2),
                     ref_text,
                     ref_ids,
                 )
@@ -336,11 +425,11 @@ def run(
             log(_line(rows[-1]))
             for p in precisions:
                 eng = engines[p]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 res = []
                 for s in range(0, len(texts), batch_size):
                     res += eng.generate(texts[s : s + batch_size], mode=mode, **overrides)
-                secs = time.perf_counter() - t0
+                secs, cpu = time.perf_counter() - t0, time.process_time() - c0
                 answers = [r.text for r in res]
                 ids_p = [list(r.token_ids) for r in res]
                 rep = score(qs, answers, retrieved[p], (RECALL_K,))
@@ -356,6 +445,7 @@ def run(
                         rep.recall.get(RECALL_K),
                         round(same, 4),
                         round(secs, 2),
+                        round(cpu, 2),
                         answers,
                         ids_p,
                     )
@@ -370,10 +460,14 @@ def run(
         "n_docs": n_docs,
         "max_new_tokens": GenerationParams.from_defaults(defaults).max_new_tokens,
         "precisions": list(precisions),
+        "skipped": {p: "needs the onnx-ir package" for p in skipped},
+        "commit": _commit(),
         "machine": {
+            "cpu_model": cpu_model(),
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "note": "seconds are wall time on the machine that ran this; compare only rows of one run",
+            "note": "seconds: wall, cpu_seconds: this process's CPU time (all threads); "
+            "cores shared with other jobs; compare only rows of one run",
         },
         "rows": [asdict(r) for r in rows],
         "questions_list": [q.question for q in qs],
@@ -389,6 +483,27 @@ def run(
             for q, row, a in zip(DEMO_QUESTIONS, demo_docs, demo_answers)
         ],
     }
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _line(r: Row) -> str:
@@ -409,7 +524,7 @@ def markdown(record: dict[str, Any], timings: bool = False) -> str:
     head = "| decoding | beams | system | EM | ΔEM | F1 | ΔF1 | recall@5 | tokens = reference |"
     sep = "|---|---|---|---|---|---|---|---|---|"
     if timings:
-        head += " ms / question |"
+        head += " CPU ms / question |"
         sep += "---|"
     out = [head, sep]
     base = {(r.mode, r.sequence_decoding, r.num_beams): r for r in rows if r.system == "ragrt-fp32"}
@@ -431,7 +546,7 @@ def markdown(record: dict[str, Any], timings: bool = False) -> str:
             f"{r.f1:.1f} | {df1} | {rec} | {same} |"
         )
         if timings:
-            line += f" {1000 * r.seconds / record['questions']:.1f} |"
+            line += f" {1000 * r.cpu_seconds / record['questions']:.1f} |"
         out.append(line)
     fast = [
         (r, thorough.get((r.system, r.num_beams)))
@@ -455,7 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--precisions",
         default=",".join(DEFAULT_PRECISIONS),
-        help="comma-separated artifact precisions (int8 schemes by their variant name)",
+        help="comma-separated: fp32, fp16, int8 (the artifact's) and int8-<scheme> "
+        f"({', '.join(INT8_SCHEMES)}: int8_schemes' generator graphs)",
     )
     ap.add_argument("--n-docs", type=int, default=5)
     ap.add_argument("--limit", type=int)
@@ -465,12 +581,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--timings", action="store_true", help="add ms/question to the table")
     args = ap.parse_args(argv)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    args.work.mkdir(parents=True, exist_ok=True)
     if args.model:
         art, index = args.model, args.index
     else:
-        args.work.mkdir(parents=True, exist_ok=True)
         art, index = prepare_demo(args.work, precisions)
-    record = run(art, index, args.questions, precisions, args.n_docs, limit=args.limit)
+    record = run(
+        art, index, args.questions, precisions, args.n_docs, work=args.work, limit=args.limit
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     table = markdown(record, args.timings)

@@ -17,8 +17,9 @@ from importlib import resources
 from pathlib import Path
 
 REAL_MODEL = (
-    "for a real checkpoint: ragrt export path/to/rag-token-nq --context-encoder "
-    "path/to/dpr-ctx_encoder --out art && ragrt index build ... (README: Export)"
+    "A real checkpoint: ragrt export facebook/rag-token-nq --context-encoder "
+    "facebook/dpr-ctx_encoder-single-nq-base --out art, then ragrt index build and ragrt ask "
+    "(README: Export)."
 )
 
 
@@ -48,9 +49,10 @@ def corpus_path() -> Path:
 
 def quiet_build_logs() -> None:
     """Silence what building the demo prints that is not the user's business: ONNX Runtime's
-    quantizer advice ("run pre-processing before quantization", per graph), its per-node
-    warnings, and deprecation chatter from the export libraries."""
-    for name in ("root", "onnxruntime", "onnxruntime.quantization"):
+    quantization loggers (its root-logger advice is silenced where ragrt quantizes,
+    :func:`ragrt.export.precision.to_int8`) and deprecation chatter from the export libraries.
+    ragrt's own warnings stay visible."""
+    for name in ("onnxruntime", "onnxruntime.quantization"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -75,8 +77,9 @@ def model_note(record: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
+    from ragrt.artifacts import remove_output
+    from ragrt.retrieval.index_manifest import KIND as INDEX_KIND
+    from ragrt.runtime.manifest import KIND as MODEL_KIND
     from ragrt.runtime.stack import missing_extra
 
     try:
@@ -90,10 +93,11 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_build_logs()
     work: Path = args.workdir
-    if args.rebuild and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
     art, index = work / "art", work / "index"
+    if args.rebuild:  # only what ragrt wrote there; anything else is refused, not deleted
+        remove_output(art, MODEL_KIND)
+        remove_output(index, INDEX_KIND)
+    work.mkdir(parents=True, exist_ok=True)
     gen = model_path()
     record = json.loads((gen / "training.json").read_text())
     t0 = time.perf_counter()
