@@ -71,8 +71,8 @@ def model_note(record: dict) -> str:
     cpu = record.get("time_s", {}).get("training_cpu", 0.0)
     return (
         f"Model: a {params / 1e6:.1f}M-parameter BART that ragrt trained on this corpus "
-        f"({cpu / 60:.0f} CPU-minutes, export/demo_generator.py); it answers 'what does X do' "
-        f"about the Python stdlib, nothing else. {REAL_MODEL}"
+        f"({cpu / 60:.0f} CPU-minutes, export/demo_generator.py) for 'what does X do / what is "
+        f"X' about the Python stdlib, nothing else. {REAL_MODEL}"
     )
 
 
