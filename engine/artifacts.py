@@ -505,6 +505,9 @@ def staging_dir(out: str | os.PathLike, kind: ArtifactKind, *, overwrite: bool) 
                 prefix=f".{target.name}.ragrt-staging-{os.getpid()}-", dir=target.parent
             )
         )
+        # mkdtemp makes 0700; the published output gets a new directory's usual mode
+        # (0755 under the common umask 022), the same for every kind of output
+        tmp.chmod(0o777 & ~current_umask())
         (tmp / STAGING_MARKER).write_text(
             json.dumps(
                 {"pid": os.getpid(), "host": socket.gethostname(), "out": str(target)}, indent=1
@@ -519,6 +522,18 @@ def staging_dir(out: str | os.PathLike, kind: ArtifactKind, *, overwrite: bool) 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def current_umask() -> int:
+    """The process umask: from ``/proc/self/status`` on Linux (reading it there changes
+    nothing), else by setting it and restoring it at once."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def publish_dir(tmp: Path, out: Path, kind: ArtifactKind, *, overwrite: bool) -> None:
@@ -563,6 +578,7 @@ __all__ = [
     "check_output",
     "check_paths",
     "clean_stale",
+    "current_umask",
     "publish_dir",
     "file_record",
     "from_json",

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ragrt.errors import Cancelled, InputError, RagrtError
-from ragrt.inputs import check_questions
+from ragrt.inputs import check_question, check_questions, question_list
 from ragrt.results import Doc, GenerationResult, Hypothesis
 from ragrt.retrieval.index import PassageIndex
 from ragrt.retrieval.retriever import Retriever
@@ -27,7 +27,7 @@ from ragrt.runtime import manifest as manifest_mod
 from ragrt.runtime.contexts import build_generator_inputs
 from ragrt.runtime.encoders import TextEncoder
 from ragrt.runtime.generation import rag_sequence, rag_token
-from ragrt.runtime.generation.request import MODES, GenerationRequest
+from ragrt.runtime.generation.request import MAX_DECODER_ROWS, MODES, GenerationRequest
 from ragrt.runtime.generation.streaming import Cancellation, Streamer, TextIteratorStreamer
 from ragrt.runtime.generator import Seq2SeqGenerator
 from ragrt.runtime.manifest import ArtifactManifest
@@ -69,6 +69,8 @@ class RagEngine:
         self.precision = precision
         self.device = device
         self.defaults = manifest.generation
+        #: most decoder rows (num_beams x n_docs) one question may take (see GenerationRequest)
+        self.max_decoder_rows = MAX_DECODER_ROWS
 
     @property
     def question_encoder(self) -> TextEncoder:
@@ -113,12 +115,16 @@ class RagEngine:
         """Resolve generation options once: the manifest's generation defaults, then
         ``overrides`` (``n_docs``, ``num_beams``, any :class:`GenerationParams` field), the
         mode defaulted to the checkpoint's class; validated here and nowhere else."""
-        return GenerationRequest.resolve(
+        req = GenerationRequest.resolve(
             self.defaults,
             max_positions=self.manifest.generator.max_positions,
             mode=mode,
+            vocab_size=self.manifest.generator.vocab_size,
+            max_decoder_rows=None,
             **overrides,
         )
+        self.retriever.check_n_docs(req.n_docs)  # the more specific error first
+        return req.check_decoder_rows(self.max_decoder_rows)
 
     def _resolve(self, request: GenerationRequest | None, **kwargs: Any) -> GenerationRequest:
         if request is None:
@@ -286,15 +292,15 @@ class RagEngine:
     ) -> list[GenerationResult | RagrtError]:
         """Like :meth:`generate`, but a bad question yields its error in place of its result
         instead of failing the whole batch; the good ones still run as one batch."""
-        qs = list(questions)
+        qs = question_list(questions)
         out: list[GenerationResult | RagrtError | None] = [None] * len(qs)
         good = []
         for i, q in enumerate(qs):
             try:
-                check_questions([q])
+                check_question(q, i)
                 good.append(i)
             except RagrtError as e:
-                out[i] = InputError(f"question {i}: {e}")
+                out[i] = e
         if good:
             res: Sequence[GenerationResult | RagrtError]
             try:  # a parameter error concerns every question

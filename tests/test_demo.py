@@ -214,23 +214,6 @@ def test_int8_quantization_logs_nothing(tmp_path, caplog):
     assert root.level == before and (tmp_path / "q.onnx").is_file()
 
 
-def test_rebuild_only_deletes_what_ragrt_wrote(tmp_path, monkeypatch, capsys):
-    """`ragrt demo --rebuild` removes its own model and index outputs, never a folder it did
-    not write (it used to delete the whole --workdir)."""
-    from ragrt.cli import demo, main
-
-    monkeypatch.setattr(demo, "quiet_build_logs", lambda: None)  # global logging state
-    work = tmp_path / "work"
-    (work / "art").mkdir(parents=True)
-    (work / "art" / "mine.txt").write_text("not ragrt's")
-    (work / "notes.txt").write_text("keep me")
-    assert main(["demo", "--workdir", str(work), "--rebuild"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "is not a ragrt artifact directory" in err, err
-    assert (work / "art" / "mine.txt").read_text() == "not ragrt's"
-    assert (work / "notes.txt").read_text() == "keep me"
-
-
 def test_model_note_says_what_the_model_is(record):
     from ragrt.cli.demo import model_note
 

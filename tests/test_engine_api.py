@@ -283,3 +283,78 @@ def test_cli_ask_timings(rag_bart_art, rag_bart_index, capsys):
     assert "4 decode steps" in line
     assert main(["ask", "--url", "localhost:1", "--timings", Q]) == 2
     assert "--timings needs the local engine" in capsys.readouterr().err
+
+
+# -- input validation of the Python API -------------------------------------------------------
+@pytest.mark.parametrize(
+    "questions,needle",
+    [
+        (5, "got int"),
+        (None, "got NoneType"),
+        ({"q": 1}, "got a dict"),
+        ({"a", "b"}, "got a set"),
+        ("one string", r"wrap a single question in \[...\]"),
+        (["\ud800 x"], r"question 0 is not valid Unicode text \(a lone surrogate U\+D800"),
+        (["ok", "caf\udce9"], r"question 1 is not valid UTF-8 \(byte 0xe9 at character 3\)"),
+    ],
+)
+def test_bad_question_lists_are_input_errors(rag_engine, questions, needle):
+    for call in (
+        lambda: rag_engine.generate(questions, max_new_tokens=2),
+        lambda: rag_engine.retrieve(questions),
+        lambda: rag_engine.embed(questions),
+        lambda: rag_engine.retriever.retrieve(questions),
+    ):
+        with pytest.raises(InputError, match=needle):
+            call()
+
+
+def test_bad_questions_in_stream_and_generate_each(rag_engine):
+    with pytest.raises(InputError, match="lone surrogate"):
+        list(rag_engine.stream("\ud800", max_new_tokens=2))
+    out = rag_engine.generate_each([Q, "\ud800", 7, "x\udcff"], n_docs=2, max_new_tokens=2)
+    assert out[0].text == rag_engine.generate([Q], n_docs=2, max_new_tokens=2)[0].text
+    assert [type(x) for x in out[1:]] == [InputError] * 3
+    assert "question 1 is not valid Unicode" in str(out[1]) and "question 2 is int" in str(out[2])
+    assert "question 3 is not valid UTF-8" in str(out[3])
+    with pytest.raises(InputError, match="got a dict"):
+        rag_engine.generate_each({"a": 1})
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        ({"forced_bos_token_id": 10**9}, "forced_bos_token_id=1000000000 is not a token"),
+        ({"eos_token_id": 10**6}, "eos_token_id=1000000 is not a token"),
+        ({"length_penalty": "2.0"}, "length_penalty must be a finite number"),
+        ({"length_penalty": float("nan")}, "length_penalty must be a finite number"),
+        ({"length_penalty": float("inf")}, "length_penalty must be a finite number"),
+        ({"length_penalty": True}, "length_penalty must be a finite number"),
+        ({"do_deduplication": "yes"}, "do_deduplication must be true or false"),
+        ({"num_beams": 10**6}, "num_beams=1000000 is more than the generator's vocabulary"),
+        ({"num_beams": 900, "n_docs": 5}, "4500 decoder rows per question; at most 4096"),
+    ],
+)
+def test_generation_overrides_checked_against_vocabulary_and_type(rag_engine, overrides, needle):
+    with pytest.raises(InputError, match=needle):
+        rag_engine.generate([Q], max_new_tokens=2, **overrides)
+    with pytest.raises(InputError, match=needle):
+        rag_engine.request(**overrides)
+
+
+def test_length_penalty_accepts_numbers(rag_engine):
+    assert rag_engine.request(length_penalty=2).params.length_penalty == 2
+    assert rag_engine.request(length_penalty=np.float32(0.5)).params.length_penalty == 0.5
+
+
+def test_load_refuses_bad_nprobe_and_threads(rag_bart_art, rag_bart_index):
+    from ragrt.engine import RagEngine
+    from ragrt.retrieval.retriever import Retriever
+
+    for nprobe in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match="nprobe must be a positive integer"):
+            RagEngine.load(rag_bart_art, rag_bart_index, nprobe=nprobe)
+    with pytest.raises(InputError, match="intra_op_threads must be an integer >= 0"):
+        RagEngine.load(rag_bart_art, rag_bart_index, intra_op_threads=-1)
+    with pytest.raises(InputError, match="intra_op_threads"):
+        Retriever.load(rag_bart_art, intra_op_threads=-2)

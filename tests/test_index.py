@@ -101,7 +101,13 @@ def test_flat_search_is_exact(flat_dir, corpus, queries):
     m = ix.manifest
     assert m.factory == "Flat" and m.scores == "exact" and m.passages == N and m.dimension == DIM
     assert m.metric == "inner_product" and m.exact_embeddings is None  # flat already stores them
-    assert set(m.files) == {INDEX_FILE, "passages.data", "passages.offsets", "passages.ids"}
+    assert set(m.files) == {
+        INDEX_FILE,
+        "passages.data",
+        "passages.offsets",
+        "passages.ids",
+        "passages.idhash",
+    }
     res = ix.search(queries, 10, return_embeddings=True)
     truth, tscores = exact_top(x, queries, 10)
     assert recall(res.rows, truth) == 1.0  # same docs; order equal up to float near-ties
@@ -146,7 +152,14 @@ def test_ivfpq_without_exact_embeddings(corpus, tmp_path, queries):
     )
     assert m.scores == "pq_approximate" and m.exact_embeddings is None and m.nprobe == 8
     assert sorted(os.listdir(out)) == sorted(
-        [INDEX_FILE, "manifest.json", "passages.data", "passages.ids", "passages.offsets"]
+        [
+            INDEX_FILE,
+            "manifest.json",
+            "passages.data",
+            "passages.ids",
+            "passages.idhash",
+            "passages.offsets",
+        ]
     )
     ix = PassageIndex.open(out)
     res = ix.search(queries, 5, return_embeddings=True)
@@ -240,6 +253,73 @@ def test_incompatible_shards(flat_dir, tmp_path):
     build_index(p, tmp_path / "i16", embeddings=e, options=_opts())
     with pytest.raises(ArtifactError, match="does not match shard"):
         PassageIndex.open([flat_dir, tmp_path / "i16"])
+
+
+def _overlapping_shards(corpus, tmp_path, ranges):
+    p, e, x = corpus
+    lines = p.read_text().splitlines(keepends=True)
+    dirs = []
+    for i, (a, b) in enumerate(ranges):
+        sp = tmp_path / f"s{i}.jsonl"
+        sp.write_text("".join(lines[a:b]))
+        np.save(tmp_path / f"s{i}.npy", x[a:b])
+        dirs.append(tmp_path / f"shard{i}")
+        build_index(sp, dirs[-1], embeddings=tmp_path / f"s{i}.npy", options=_opts(factory="Flat"))
+    return dirs
+
+
+def test_shards_sharing_a_passage_id_are_refused_naming_both(corpus, tmp_path):
+    # rows 1000..1099 in both shards: the same passage would come back twice
+    dirs = _overlapping_shards(corpus, tmp_path, [(0, 1100), (1000, 2000), (2000, 2100)])
+    with pytest.raises(ArtifactError, match=r"passage id 'p\d+' is in two shards") as e:
+        PassageIndex.open(dirs)
+    assert str(dirs[0]) in str(e.value) and str(dirs[1]) in str(e.value)
+    PassageIndex.open([dirs[0], dirs[2]])  # disjoint shards still open
+
+
+def test_shared_id_without_id_hashes_is_refused_when_found(corpus, tmp_path, queries):
+    # an index built before ragrt stored sorted id hashes: caught when a search returns both
+    dirs = _overlapping_shards(corpus, tmp_path, [(0, 1100), (1000, 2000)])
+    for d in dirs:
+        (d / "passages.idhash").unlink()
+        m = json.loads((d / "manifest.json").read_text())
+        del m["files"]["passages.idhash"]
+        (d / "manifest.json").write_text(json.dumps(m))
+    ix = PassageIndex.open(dirs)
+    _, _, x = corpus
+    with pytest.raises(ArtifactError, match=r"passage id 'p1050' is in two shards"):
+        ix.docs(ix.search(x[1050], 5))
+
+
+def test_build_refuses_nprobe_below_one(corpus, tmp_path):
+    p, e, _ = corpus
+    for bad in (0, -3):
+        with pytest.raises(InputError, match="--nprobe must be an integer >= 1"):
+            build_index(p, tmp_path / "i", embeddings=e, options=_opts(factory=IVFPQ, nprobe=bad))
+        assert not (tmp_path / "i").exists()
+
+
+def test_same_size_corruption_of_a_large_store_is_a_clean_error(
+    flat_dir, tmp_path, queries, monkeypatch
+):
+    # a store over 64 MiB is only size-checked when opened (hashing it would take seconds):
+    # stand in a small one by lowering the limit, flip bytes inside a passage, keep the size
+    import ragrt.artifacts
+
+    monkeypatch.setattr(ragrt.artifacts, "AUTO_HASH_BYTES", 16)
+    d = tmp_path / "idx"
+    shutil.copytree(flat_dir, d)
+    data = bytearray((d / "passages.data").read_bytes())
+    i = data.index(b"passage number 17")
+    data[i : i + 3] = b"\xff\xfe\xfd"
+    (d / "passages.data").write_bytes(bytes(data))
+    ix = PassageIndex.open(d)  # the default open check passes
+    with pytest.raises(ArtifactError, match=f"corrupt.*ragrt index info --verify {d}"):
+        ix.by_id("p17")
+    with pytest.raises(ArtifactError, match="passage row 17 is not valid UTF-8"):
+        ix.passages([17])
+    with pytest.raises(ArtifactError, match="sha256 does not match"):
+        PassageIndex.open(d, verify="full")
 
 
 # -- manifest / encoder checks ---------------------------------------------------------------
@@ -872,3 +952,46 @@ def test_calibration_on_given_question_embeddings(corpus, tmp_path, queries):
             options=_opts(factory=IVFPQ, calibration_queries=tmp_path / "bad.npy"),
         )
     _assert_nothing_left(tmp_path / "idx2")
+
+
+def test_corrupt_gz_with_an_encoder_is_an_input_error(tmp_path):
+    # with a model the builder first counts lines for the progress bar: that read must fail
+    # as cleanly as the passage reader does
+    import gzip
+
+    p = tmp_path / "c.jsonl.gz"
+    p.write_bytes(gzip.compress(b'{"id": 1, "text": "x"}\n' * 200)[:50])
+    enc = SimpleNamespace(name="fake", dim=4, precision="fp32", onnx_sha256=None)
+    with pytest.raises(InputError, match="cannot read"):
+        build_index(p, tmp_path / "i", encoder=enc, options=_opts())
+    _assert_nothing_left(tmp_path / "i")
+
+
+def test_progress_total_leaves_out_the_tsv_header(tmp_path, monkeypatch):
+    import ragrt.retrieval.build as build_mod
+
+    p, _, x = write_corpus(tmp_path / "c", 30, 8, fmt="tsv")
+    totals = []
+
+    class Bar:
+        def __init__(self, total=None, **kw):
+            totals.append(total)
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    enc = SimpleNamespace(
+        name="fake",
+        dim=8,
+        precision="fp32",
+        onnx_sha256=None,
+        encode=lambda items, **kw: x[: len(items)],
+    )
+    build_mod.build_index(p, tmp_path / "i", encoder=enc, options=_opts(progress=True))
+    assert totals == [30]  # 31 lines: the header is not a passage

@@ -20,6 +20,7 @@ from ragrt.retrieval.passages import (
     _build_table,
     build_store,
     count_lines,
+    count_rows,
     iter_passages,
 )
 
@@ -42,22 +43,49 @@ def _read(path, **kw):
 
 # -- readers ---------------------------------------------------------------------------------
 def test_dpr_tsv_with_quoted_fields(tmp_path):
-    # psgs_w100.tsv quotes text: embedded quotes doubled; quoted fields may hold tabs/newlines
+    # psgs_w100.tsv quotes text and titles: embedded quotes doubled; tabs allowed inside quotes;
+    # one passage per line (a quoted field never spans lines)
     p = _tsv(
         tmp_path / "psgs.tsv",
         [
             '1\t"Aaron Aaron ( or ; ""Ahärôn"") is a prophet"\tAaron',
-            '2\t"a tab\there and a newline\nthere"\t"Title, with comma"',
+            '2\t"a tab\there"\t"Title, with comma"',
             "3\tplain text\t",
+            '4\tan 8" record\tinch "marks" kept',  # quotes inside unquoted fields are text
         ],
     )
     got = list(iter_passages(p))
-    assert [line for line, _ in got] == [2, 3, 5]  # the quoted newline spans lines 3-4
+    assert [line for line, _ in got] == [2, 3, 4, 5]
     assert [x for _, x in got] == [
         Passage("1", "Aaron", 'Aaron Aaron ( or ; "Ahärôn") is a prophet'),
-        Passage("2", "Title, with comma", "a tab\there and a newline\nthere"),
+        Passage("2", "Title, with comma", "a tab\there"),
         Passage("3", "", "plain text"),
+        Passage("4", 'inch "marks" kept', 'an 8" record'),
     ]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_tsv_unmatched_quote_is_a_bad_row_not_merged_rows(tmp_path, gz):
+    # an unmatched quote used to run on through the next rows: five rows in, three out, one
+    # with the wrong title, no warning
+    rows = ["1\tfirst\tT1", '2\t"second\tT2', "3\tthird\tT3", "4\tfourth\tT4", '5\tfifth"\tT5']
+    p = _tsv(tmp_path / "q.tsv", rows)
+    if gz:
+        g = tmp_path / "q.tsv.gz"
+        g.write_bytes(gzip.compress(p.read_bytes()))
+        p = g
+    with pytest.raises(BadRowError, match=r"q.tsv(.gz)?:3: malformed TSV row") as e:
+        _read(p)
+    assert e.value.line == 3
+    stats = ReadStats(str(p), "tsv")
+    got = list(iter_passages(p, skip_bad_rows=True, stats=stats))
+    assert [(line, x.id, x.title) for line, x in got] == [
+        (2, "1", "T1"),
+        (4, "3", "T3"),
+        (5, "4", "T4"),
+        (6, "5", "T5"),
+    ]
+    assert stats.skipped == 1 and stats.skipped_rows[0][0] == 3
 
 
 def test_tsv_column_order_from_header_and_gzip(tmp_path):
@@ -96,6 +124,34 @@ def test_tsv_bad_rows_report_file_and_line(tmp_path, line, reason):
     got = _read(p, skip_bad_rows=True, stats=stats)
     assert [x.id for x in got][0] == "1" and got[-1].id == "9"
     assert stats.skipped >= 1 and stats.skipped_rows[0][0] == 3
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_jsonl_lone_surrogate_is_a_bad_row(tmp_path, skip):
+    # json.loads turns "\ud800" into a str UTF-8 cannot encode; the error path itself used to
+    # crash on it (UnicodeEncodeError), with or without --skip-bad-rows
+    p = tmp_path / "s.jsonl"
+    p.write_text(
+        '{"id": "a", "text": "\\ud800 x"}\n{"id": "b", "text": "ok"}\n{"id": "\\udfff", "text": "y"}\n'
+    )
+    if not skip:
+        with pytest.raises(BadRowError, match=r"s.jsonl:1: text is .*lone surrogate U\+D800"):
+            _read(p)
+        return
+    stats = ReadStats(str(p), "jsonl")
+    assert _read(p, skip_bad_rows=True, stats=stats) == [Passage("b", "", "ok")]
+    assert [line for line, _ in stats.skipped_rows] == [1, 3]
+    assert "U+DFFF" in stats.skipped_rows[1][1]
+
+
+def test_ids_are_kept_as_given_and_padded_ids_refused(tmp_path):
+    p = _jsonl(tmp_path / "ids.jsonl", [{"id": " x ", "text": "t"}, {"id": "x y", "text": "u"}])
+    with pytest.raises(BadRowError, match=r"ids.jsonl:1: id has leading or trailing whitespace"):
+        _read(p)
+    assert _read(p, skip_bad_rows=True) == [Passage("x y", "", "u")]
+    t = _tsv(tmp_path / "ids.tsv", ["x \tt\tT"])
+    with pytest.raises(BadRowError, match="leading or trailing whitespace"):
+        _read(t)
 
 
 def test_non_utf8_bytes(tmp_path):
@@ -193,6 +249,44 @@ def test_empty_or_all_skipped_is_an_error(tmp_path, content):
     p.write_bytes(content)
     with pytest.raises(InputError, match="no passages"):
         build_store(iter_passages(p, skip_bad_rows=True), tmp_path / "s", source=str(p))
+
+
+def test_same_size_corruption_is_a_clean_error_naming_verify(tmp_path):
+    # a corrupt byte inside a passage keeps every size; only a hash (or decoding) sees it
+    build_store(iter([Passage(str(i), "T", f"text {i}") for i in range(10)]), tmp_path)
+    data = bytearray((tmp_path / DATA_FILE).read_bytes())
+    i = data.index(b"text 3")
+    data[i : i + 2] = b"\xff\xfe"
+    (tmp_path / DATA_FILE).write_bytes(bytes(data))
+    store = PassageStore(tmp_path)  # opening checks sizes only
+    assert store[2].text == "text 2"
+    with pytest.raises(
+        ArtifactError, match=r"passage row 3 is not valid UTF-8.*ragrt index info --verify"
+    ):
+        store[3]
+    offsets = np.fromfile(tmp_path / OFFSETS_FILE, dtype="<i8")
+    offsets[3 * 5 + 1] = offsets[3 * 5 + 3] + 7  # a field past its successor
+    offsets.tofile(tmp_path / OFFSETS_FILE)
+    store = PassageStore(tmp_path)
+    with pytest.raises(ArtifactError, match="passage row 5 has offsets outside"):
+        store[5]
+
+
+def test_corrupt_gz_while_counting_is_an_input_error(tmp_path):
+    p = tmp_path / "c.jsonl.gz"
+    p.write_bytes(gzip.compress(b'{"id": 1, "text": "x"}\n' * 100)[:40])
+    with pytest.raises(InputError, match="cannot read"):
+        count_lines(p)
+    with pytest.raises(InputError, match="cannot read"):
+        _read(p)
+
+
+def test_count_rows_leaves_out_the_tsv_header(tmp_path):
+    t = _tsv(tmp_path / "r.tsv", ["1\ta\tT", "2\tb\tT"])
+    j = _jsonl(tmp_path / "r.jsonl", [{"id": 1, "text": "a"}, {"id": 2, "text": "b"}])
+    assert count_rows(t) == 2 and count_rows(j) == 2
+    t.write_bytes(t.read_bytes().rstrip(b"\n"))  # no newline after the last row
+    assert count_rows(t) == 2
 
 
 def test_corrupt_store_is_detected(tmp_path):

@@ -530,3 +530,20 @@ def test_retry_brings_requests_through_a_restart(server, engine):
     for p in clients:
         assert not isinstance(results[p], Exception), results[p]
         _same(results[p], want)
+
+
+# -- the README's client example ---------------------------------------------------------------
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_readme_client_blocks_run(server, protocol, capsys):
+    """The README's client examples run as written, against this server's address."""
+    from tests.readme_blocks import python_blocks
+
+    url = server.grpc_url if protocol == "grpc" else "http://" + server.http_url
+    blocks = [b for b in python_blocks() if b.needs_server]
+    assert blocks
+    for b in blocks:
+        scope = b.run({'"localhost:8001"': repr(url)})
+        assert scope["client"].protocol == protocol
+        assert len(scope["results"]) == len(scope["questions"])
+        assert isinstance(scope["each"][1], InputError)  # the empty question, in its place
+    assert capsys.readouterr().out

@@ -152,6 +152,8 @@ class _Model:
             nprobe,
             int(p.get("ragrt_intra_op_threads", 0)),
         )
+        if hasattr(self.engine, "max_decoder_rows"):  # the server's limit is the operator's
+            self.engine.max_decoder_rows = self.limits.max_decoder_rows
         log.info("%s ready (%s, %s)", self.name, p.get("ragrt_load"), model_dir)
 
     # -- helpers ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib import import_module
@@ -57,7 +58,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+    try:
+        sys.stdout.flush()  # a reader that went away shows up here, too
+    except BrokenPipeError:
+        return _closed_pipe()
     return int(rc or 0)
+
+
+def _closed_pipe() -> int:
+    """``ragrt index info | head``: the reader stopped reading. Not an error of ours; exit
+    quietly, as ``cat`` does (status 141 = 128 + SIGPIPE), without Python's flush-at-exit
+    complaining about the same closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file descriptor (captured in tests)
+        pass
+    return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

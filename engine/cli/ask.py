@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from ragrt.results import GenerationResult
@@ -49,19 +49,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--protocol", choices=["grpc", "http"], help="server protocol (default: from the URL)"
     )
-    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | int8 (local engine)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | tensorrt (local engine)")
-    p.add_argument("--nprobe", type=int, help="IVF lists probed per search (default: calibrated)")
-    add_generation_args(p)
-    p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
-    p.add_argument("--json", action="store_true", help="one JSON object per question per line")
+    p.add_argument("--precision", help="fp32 | fp16 | int8 (local engine; default fp32)")
+    p.add_argument("--device", help="cpu | cuda | tensorrt (local engine; default cpu)")
     p.add_argument(
-        "--show-docs", type=int, default=0, metavar="N", help="also print the top N passages"
+        "--nprobe",
+        type=int,
+        help="IVF lists probed per search (local engine; default: calibrated at build)",
+    )
+    add_generation_args(p)
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="print the answer as it is generated (with --json: one JSON line per piece, "
+        "then the result)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per question per line (with --timings: its stage timings)",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the answers, not the sources (passage id, title, score) under each",
+    )
+    p.add_argument(
+        "--show-docs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print the text of the top N sources",
     )
     p.add_argument(
         "--timings",
         action="store_true",
-        help="print milliseconds per stage to stderr (local engine)",
+        help="milliseconds per stage (local engine): a stderr line per call, or a 'timings' "
+        "field in each --json line",
     )
     p.set_defaults(func=run)
 
@@ -79,24 +103,64 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
     }
 
 
-def print_result(res: GenerationResult, as_json: bool, show_docs: int = 0) -> None:
+def print_result(
+    res: GenerationResult,
+    as_json: bool,
+    show_docs: int = 0,
+    *,
+    quiet: bool = False,
+    timings: dict[str, Any] | None = None,
+) -> None:
+    """One answer: a JSON line, or ``Q:``/``A:`` lines followed (unless ``quiet``) by its
+    sources, best first: rank, doc score, passage id and title (and the text of the first
+    ``show_docs``)."""
     if as_json:
-        print(json.dumps(res.to_json_dict(), ensure_ascii=False))
+        line = res.to_json_dict()
+        if timings is not None:
+            line["timings"] = timings
+        print(json.dumps(line, ensure_ascii=False))
         return
     print(f"Q: {res.question}")
     print(f"A: {res.text}")
-    for d in res.docs[:show_docs]:
-        text = d.text if len(d.text) <= 160 else d.text[:157] + "..."
-        print(f"   [{d.score:8.3f}] {d.title}: {text}")
+    if quiet:
+        return
+    for rank, d in enumerate(res.docs, 1):
+        print(f"   [{rank}] {d.score:8.3f}  {d.id}  {d.title}")
+        if rank <= show_docs:
+            text = " ".join(d.text.split())
+            print(f"        {text if len(text) <= 160 else text[:157] + '...'}")
+
+
+def warn(message: str) -> None:
+    """A note on stderr about an option that has no effect (never fails the command)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from ragrt.errors import InputError
 
-    kw = {k: v for k, v in generation_kwargs(args).items() if v is not None}
+    kw: dict[str, Any] = {k: v for k, v in generation_kwargs(args).items() if v is not None}
+    if args.show_docs < 0:
+        raise InputError(f"--show-docs must be >= 0, got {args.show_docs}")
     if args.url:
         if args.timings:
             raise InputError("--timings needs the local engine (--model and --index), not --url")
+        ignored = [
+            flag
+            for flag, value in (
+                ("--precision", args.precision),
+                ("--device", args.device),
+                ("--nprobe", args.nprobe),
+                ("--model", args.model),
+                ("--index", args.index),
+            )
+            if value is not None
+        ]
+        if ignored:
+            warn(
+                f"{', '.join(ignored)} ignored with --url: the server runs the model, index, "
+                "precision and device it was started with"
+            )
         from ragrt.serving.client import RagClient
 
         client = RagClient(args.url, protocol=args.protocol)
@@ -109,8 +173,18 @@ def run(args: argparse.Namespace) -> int:
         from ragrt.engine import RagEngine
 
         engine = RagEngine.load(
-            args.model, args.index, precision=args.precision, device=args.device, nprobe=args.nprobe
+            args.model,
+            args.index,
+            precision=args.precision or "fp32",
+            device=args.device or "cpu",
+            nprobe=args.nprobe,
         )
+        index = engine.index
+        if args.nprobe is not None and index is not None and index.nlist is None:
+            warn(
+                f"--nprobe {args.nprobe} ignored: the index is flat (exact search over every "
+                "passage, no IVF lists to probe)"
+            )
         stream, answer = engine.stream, engine.generate
     timer = None
     if args.timings:
@@ -119,15 +193,32 @@ def run(args: argparse.Namespace) -> int:
         timer = kw["tracer"] = StageTimer()
     if args.stream:
         for q in args.questions:
+            pieces = []
             for piece in stream(q, **kw):
-                sys.stdout.write(piece)
+                pieces.append(piece)
+                if args.json:
+                    print(json.dumps({"type": "piece", "text": piece}, ensure_ascii=False))
+                else:
+                    sys.stdout.write(piece)
                 sys.stdout.flush()
-            print()
-            _print_timings(timer)
+            if args.json:
+                final: dict[str, Any] = {"type": "result", "question": q, "answer": "".join(pieces)}
+                if timer is not None:
+                    final["timings"] = timer.to_dict()
+                    timer.reset()
+                print(json.dumps(final, ensure_ascii=False), flush=True)
+            else:
+                print()
+                _print_timings(timer)
         return 0
-    for res in answer(args.questions, **kw):
-        print_result(res, args.json, args.show_docs)
-    _print_timings(timer)
+    results = answer(args.questions, **kw)
+    batch_timings = None
+    if timer is not None and args.json:
+        batch_timings = {**timer.to_dict(), "batch_size": len(results)}
+    for res in results:
+        print_result(res, args.json, args.show_docs, quiet=args.quiet, timings=batch_timings)
+    if not args.json:
+        _print_timings(timer)
     return 0
 
 

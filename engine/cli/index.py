@@ -56,10 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
     b.add_argument("--precision", default="fp32", help="context encoder precision (default fp32)")
     b.add_argument(
-        "--device",
-        default="cpu",
+        "--encoder-device",
         choices=("cpu", "cuda", "tensorrt"),
         help="where the context encoder runs (default cpu)",
+    )
+    b.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "tensorrt"),
+        help=argparse.SUPPRESS,  # deprecated alias of --encoder-device
     )
     b.add_argument("--nprobe", type=int, help="fix the default nprobe instead of calibrating it")
     b.add_argument(
@@ -129,13 +133,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("-k", type=int, default=5, help="passages per question (default 5)")
     s.add_argument("--nprobe", type=int, help="IVF lists to probe (default: calibrated at build)")
     s.add_argument("--precision", default="fp32", help="question encoder precision")
-    s.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="index device")
+    s.add_argument(
+        "--index-device",
+        choices=("cpu", "cuda", "auto"),
+        help="where the FAISS index searches (default cpu; auto = a GPU when FAISS has one); "
+        "the question encoder runs on the CPU",
+    )
+    s.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        help=argparse.SUPPRESS,  # deprecated alias of --index-device
+    )
     s.add_argument("--json", action="store_true", help="one JSON object per question per line")
     s.set_defaults(func=_search)
 
-    i = sub.add_parser("info", help="print an index manifest; --verify hashes every file")
+    i = sub.add_parser(
+        "info",
+        help="print an index manifest; --verify hashes every file",
+        description=(
+            "Print INDEX_DIR's manifest as JSON: passages, dimension, FAISS factory, default "
+            "nprobe and its calibration, the embedding model, the passage source, build "
+            "timings, and every file's size and sha256. With --verify, first check every file "
+            "against its recorded sha256 (reads the whole index) and say so on stderr."
+        ),
+    )
     i.add_argument("index_dir", metavar="INDEX_DIR")
-    i.add_argument("--verify", action="store_true", help="check every file's sha256")
+    i.add_argument("--verify", action="store_true", help="check every file's size and sha256 first")
     i.set_defaults(func=_info)
 
 
@@ -150,6 +173,7 @@ def _build(args: argparse.Namespace) -> int:
         raise InputError(
             "give --model ART_DIR (embed with its context encoder) or --embeddings FILE.npy"
         )
+    device = _device_alias(args.encoder_device, args.device, "--encoder-device", "cpu")
     if args.ray is None:
         used = [
             f"--{f.replace('_', '-')}"
@@ -183,7 +207,7 @@ def _build(args: argparse.Namespace) -> int:
             args.out,
             model=args.model,
             precision=args.precision,
-            device=args.device,
+            device=device,
             options=opts,
             ray_options=RayOptions(address=args.ray or None, **given),
         )
@@ -194,7 +218,7 @@ def _build(args: argparse.Namespace) -> int:
             model=args.model,
             embeddings=args.embeddings,
             precision=args.precision,
-            device=args.device,
+            device=device,
             options=opts,
         )
     skipped = m.source.get("skipped_rows", 0)
@@ -224,9 +248,14 @@ def _search(args: argparse.Namespace) -> int:
         args.model,
         [args.index_dir, *args.shard],
         args.precision,
-        index_device=args.device,
+        index_device=_device_alias(args.index_device, args.device, "--index-device", "cpu"),
         nprobe=args.nprobe,
     )
+    if args.nprobe is not None and retriever.index is not None and retriever.index.nlist is None:
+        _warn(
+            f"--nprobe {args.nprobe} ignored: the index is flat (exact search over every "
+            "passage, no IVF lists to probe)"
+        )
     for q, docs in zip(questions, retriever.retrieve(questions, args.k)):
         if args.json:
             print(
@@ -242,12 +271,35 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ragrt.retrieval.index import IndexManifest
 
     m = IndexManifest.load(args.index_dir)
     if args.verify:
-        from pathlib import Path
-
         m.verify(Path(args.index_dir), "full")
     print(json.dumps(m.to_dict(), indent=2))
+    if args.verify:
+        size = sum(int(r["bytes"]) for r in m.files.values())
+        print(
+            f"verified {args.index_dir}: all {len(m.files)} files match their recorded size "
+            f"and sha256 ({size / 1e6:.1f} MB)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _device_alias(new: str | None, old: str | None, name: str, default: str) -> str:
+    """``--device`` meant the encoder's device in ``index build`` and the index's in
+    ``index search``; each now has its own name and ``--device`` is a deprecated alias."""
+    if old is not None:
+        if new is not None and new != old:
+            from ragrt.errors import InputError
+
+            raise InputError(f"--device {old} contradicts {name} {new}; pass only {name}")
+        _warn(f"--device is deprecated here: use {name} {old}")
+    return new or old or default

@@ -31,11 +31,12 @@ from ragrt.retrieval.faiss_index import (
 )
 from ragrt.retrieval.index_manifest import EMB_FILES, INDEX_FILE, KIND, METRIC, IndexManifest
 from ragrt.retrieval.passages import (
+    ID_HASHES_FILE,
     STORE_FILES,
     Passage,
     ReadStats,
     build_store,
-    count_lines,
+    count_rows,
     iter_passages,
 )
 from ragrt.retrieval.search import RERANK_FACTOR, RERANK_MIN, search_core
@@ -218,6 +219,12 @@ def check_options(opts: BuildOptions, out: Path) -> None:
         raise InputError(f"--batch-size must be >= 1, got {opts.batch_size}")
     if opts.train_size is not None and opts.train_size <= 0:
         raise InputError(f"--train-size must be >= 1, got {opts.train_size}")
+    if opts.nprobe is not None and (
+        isinstance(opts.nprobe, bool) or not isinstance(opts.nprobe, int) or opts.nprobe <= 0
+    ):
+        raise InputError(
+            f"--nprobe must be an integer >= 1 (IVF lists probed per query), got {opts.nprobe!r}"
+        )
     check_output(out, KIND, overwrite=opts.overwrite)
 
 
@@ -309,7 +316,7 @@ def _build(
     t_start: float,
 ) -> IndexManifest:
     stats = ReadStats(str(src), opts.fmt or "")
-    est_rows = len(pre) if pre is not None else count_lines(src)
+    est_rows = len(pre) if pre is not None else count_rows(src, opts.fmt)
     work_dtype, work_name = work_file(opts, est_rows)
     work = tmp / work_name
     timings: dict[str, float] = {}
@@ -443,7 +450,7 @@ def finish_index(
 
     files = {
         r: file_record(tmp, r)
-        for r in [INDEX_FILE, *STORE_FILES] + ([exact["file"]] if exact else [])
+        for r in [INDEX_FILE, *STORE_FILES, ID_HASHES_FILE] + ([exact["file"]] if exact else [])
     }
     man = IndexManifest(
         dimension=dim,

@@ -60,7 +60,7 @@ from ragrt.retrieval.passages import (
     PassageStore,
     ReadStats,
     build_store,
-    count_lines,
+    count_rows,
     iter_passages,
 )
 
@@ -275,7 +275,7 @@ def build_index_ray(
     enc = _encoder_identity(art, precision)
     ident = model_identity(art, enc)
     dim = enc.dim
-    work_dtype, work_name = work_file(opts, count_lines(src))
+    work_dtype, work_name = work_file(opts, count_rows(src, opts.fmt))
     wd = work_dir_for(out)
     plan = {
         "passages": str(src.resolve()),

@@ -57,7 +57,7 @@ from ragrt.retrieval.index_manifest import (
     IndexManifest,
     check_model_identity,
 )
-from ragrt.retrieval.passages import PassageStore
+from ragrt.retrieval.passages import PassageStore, shared_ids
 from ragrt.retrieval.search import (
     RERANK_FACTOR,
     RERANK_MIN,
@@ -165,7 +165,8 @@ class PassageIndex:
             [s.offset for s in shards] + [shards[-1].offset + len(shards[-1].store)]
         )
         self._nlists = [nlist_of(s.index) for s in shards]
-        self.nlist = max(self._nlists) if all(x is not None for x in self._nlists) else None
+        known = [x for x in self._nlists if x is not None]
+        self.nlist = max(known) if len(known) == len(self._nlists) else None
         self.default_nprobe = self.manifest.nprobe
         self._lock = threading.Lock()
 
@@ -196,6 +197,8 @@ class PassageIndex:
             shards.append(_Shard.open(Path(d), offset, verify=verify, mmap=mmap))
             if len(shards) > 1:
                 _check_compatible(shards[0], shards[-1].manifest, shards[-1].root)
+                for earlier in shards[:-1]:
+                    _check_disjoint(earlier, shards[-1])
         if len(shards) == 1:
             cpu_index = shards[0].index
         else:
@@ -284,14 +287,17 @@ class PassageIndex:
     def _exact(self, rows: np.ndarray) -> np.ndarray:
         flat = np.asarray(rows, dtype=np.int64).ravel()
         out = np.empty((len(flat), self.dim), dtype=np.float32)
-        if len(self.shards) == 1:
-            out[:] = self.shards[0].emb[flat]
+        embs = [sh.emb for sh in self.shards if sh.emb is not None]
+        if len(embs) != len(self.shards):
+            raise ArtifactError("exact scores need every shard's stored embeddings")
+        if len(embs) == 1:
+            out[:] = embs[0][flat]
         else:
             sid, local = self._locate(flat)
-            for i, sh in enumerate(self.shards):
+            for i, e in enumerate(embs):
                 sel = np.flatnonzero(sid == i)
                 if len(sel):
-                    out[sel] = sh.emb[local[sel]]
+                    out[sel] = e[local[sel]]
         return out.reshape(*np.shape(rows), self.dim)
 
     def _reconstruct(self, rows: np.ndarray) -> np.ndarray:
@@ -332,13 +338,23 @@ class PassageIndex:
         rows = np.asarray(rows, dtype=np.int64).ravel()
         sc = None if scores is None else np.asarray(scores, dtype=np.float64).ravel()
         docs = []
+        seen: dict[str, int] = {}
         for i, r in enumerate(rows):
             if r < 0:
                 continue
             d = self.passage(int(r))
             d.score = float(sc[i]) if sc is not None else float("nan")
+            if d.id in seen and len(self.shards) > 1:  # ids are unique within a shard
+                raise self._duplicate(d.id, seen[d.id], int(r))
+            seen[d.id] = int(r)
             docs.append(d)
         return docs
+
+    def _duplicate(self, pid: str, row_a: int, row_b: int) -> ArtifactError:
+        (sa, sb), (la, lb) = self._locate(np.array([row_a, row_b]))
+        return _shared_id_error(
+            pid, self.shards[int(sa)].root, int(la), self.shards[int(sb)].root, int(lb)
+        )
 
     def docs(self, result: SearchResult) -> list[list[Doc]]:
         """One list of :class:`~ragrt.results.Doc` per question of a :meth:`search` result."""
@@ -354,6 +370,24 @@ class PassageIndex:
 
     def by_id(self, pid: str | int) -> Doc:
         return self.passage(self.row_of(pid))
+
+
+def _shared_id_error(pid: str, root_a: Path, row_a: int, root_b: Path, row_b: int) -> ArtifactError:
+    return ArtifactError(
+        f"passage id {pid!r} is in two shards: {root_a} (row {row_a}) and {root_b} (row "
+        f"{row_b}); shards of one corpus must not share passages (the same passage would come "
+        "back twice): rebuild them from disjoint passage files"
+    )
+
+
+def _check_disjoint(a: _Shard, b: _Shard) -> None:
+    """Refuse two shards that share a passage id. Indexes built before ragrt kept sorted id
+    hashes cannot be compared cheaply; for them a shared id is refused when a search returns
+    it from both shards."""
+    shared = shared_ids(a.store, b.store, limit=1)
+    if shared:
+        pid, ra, rb = shared[0]
+        raise _shared_id_error(pid, a.root, ra, b.root, rb)
 
 
 def _check_compatible(first: _Shard, m: IndexManifest, root: Path) -> None:

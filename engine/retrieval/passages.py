@@ -1,10 +1,19 @@
 """Passage files in, an on-disk passage store out.
 
-Readers stream DPR's TSV (``id<TAB>text<TAB>title`` with a header line, the layout of
-``psgs_w100.tsv``; quoted fields as written by Python's ``csv``) and JSONL (one object per line
-with ``id``, ``text`` and optional ``title``), plain or gzip-compressed, without ever holding the
-whole file. Every bad row is reported as ``FILE:LINE: reason``; with ``skip_bad_rows`` it is
-logged and skipped instead.
+Readers stream DPR's TSV and JSONL (one object per line with ``id``, ``text`` and optional
+``title``), plain or gzip-compressed, without ever holding the whole file. Every bad row is
+reported as ``FILE:LINE: reason``; with ``skip_bad_rows`` it is logged and skipped instead.
+
+The TSV dialect is DPR's ``psgs_w100.tsv``: a header line naming the columns (``id``, ``text``,
+optional ``title``, any order), then **one passage per line**, fields separated by tabs. A field
+may be quoted as Python's ``csv`` writes it (``"..."``, a quote inside doubled as ``""``, tabs
+allowed inside the quotes; DPR quotes titles and texts this way); a quote inside an unquoted
+field is an ordinary character. A quoted field must close on its own line: an unmatched or
+misplaced quote is a bad row (``FILE:LINE: malformed TSV row``), never a field that runs on
+into the following rows. Texts with line breaks belong in JSONL.
+
+Passage ids are kept exactly as written; an id with leading or trailing whitespace is a bad row
+(it would otherwise be one that nobody can look up by typing it).
 
 The store (:class:`PassageStore`) is three flat files, all memory-mapped on open:
 
@@ -17,6 +26,9 @@ The store (:class:`PassageStore`) is three flat files, all memory-mapped on open
     an open-addressing hash table (int64 rows, -1 empty, 2^k slots at load factor <= 0.5) keyed
     by the 64-bit blake2b hash of the id; collisions probe linearly and are confirmed by
     comparing the stored id bytes.
+``passages.idhash``
+    the same 64-bit id hashes, sorted (int64 ``[N]``): what :func:`shared_ids` intersects to
+    find ids that two shards share.
 
 Opening touches no data (21M passages open in milliseconds and use only the pages a lookup
 reads); row and id lookups are O(1).
@@ -32,13 +44,14 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ragrt.errors import ArtifactError, InputError
+from ragrt.inputs import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +59,9 @@ DATA_FILE = "passages.data"
 OFFSETS_FILE = "passages.offsets"
 IDS_FILE = "passages.ids"
 STORE_FILES = (DATA_FILE, OFFSETS_FILE, IDS_FILE)
+#: sorted id hashes (optional: indexes built before it have none): shards of one corpus are
+#: checked for shared ids by intersecting these, without reading any passage
+ID_HASHES_FILE = "passages.idhash"
 FORMATS = ("tsv", "jsonl")
 _MAX_LOGGED_SKIPS = 20
 
@@ -103,7 +119,7 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def _open_binary(path: Path):
+def _open_binary(path: Path) -> io.BufferedIOBase:
     if not path.exists():
         raise InputError(f"passage file {path} does not exist")
     if not path.is_file():
@@ -113,28 +129,17 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
-def _decode_lines(raw, lineno: list[int]) -> Iterator[str]:
-    """Decoded lines; undecodable bytes become surrogates (reported later per row)."""
-    for b in raw:
-        lineno[0] += 1
-        yield b.decode("utf-8", errors="surrogateescape")
-
-
-def _check_utf8(s: str) -> str | None:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as e:
-        bad = s[e.start].encode("utf-8", errors="surrogateescape")[0]
-        return f"not valid UTF-8 (byte 0x{bad:02x} at character {e.start})"
-    return None
-
-
 def _validate(pid: object, title: object, text: object) -> tuple[Passage | None, str | None]:
     if isinstance(pid, bool) or not isinstance(pid, (str, int)):
         return None, f"id must be a string or integer, got {type(pid).__name__}"
-    pid = str(pid).strip()
-    if not pid:
+    pid = str(pid)
+    if not pid.strip():
         return None, "empty id"
+    if pid != pid.strip():
+        return None, (
+            "id has leading or trailing whitespace (ids are kept exactly as written; "
+            "remove the spaces)"
+        )
     if title is None:
         title = ""
     if not isinstance(title, str):
@@ -144,45 +149,58 @@ def _validate(pid: object, title: object, text: object) -> tuple[Passage | None,
     if not text.strip():
         return None, "empty text"
     for name, value in (("id", pid), ("title", title), ("text", text)):
-        err = _check_utf8(value)
+        err = text_problem(value)
         if err:
             return None, f"{name} is {err}"
     return Passage(pid, title, text), None
 
 
-def _iter_tsv(path: Path, raw) -> Iterator[tuple[int, Passage | None, str | None]]:
-    lineno = [0]
-    lines = _decode_lines(raw, lineno)
-    reader = csv.reader(lines, delimiter="\t", quotechar='"', strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        return
-    except csv.Error as e:
-        raise BadRowError(path, lineno[0], f"unreadable header ({e})") from None
-    cols = [h.strip().lstrip("\ufeff").lower() for h in header]
-    if "id" not in cols or "text" not in cols:
-        raise InputError(
-            f"{path}:1: expected a header line naming the columns, e.g. 'id<TAB>text<TAB>title' "
-            f"(DPR psgs_w100.tsv layout), got {header[:5]!r}"
-        )
-    i_id, i_text = cols.index("id"), cols.index("text")
-    i_title = cols.index("title") if "title" in cols else None
-    ncols = len(cols)
-    while True:
-        start = lineno[0] + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            yield start, None, f"malformed TSV row ({e})"
+def _split_tsv_line(line: str) -> list[str]:
+    """The fields of one TSV line (see the module docstring for the dialect); raises
+    ``csv.Error`` on a quoting error."""
+    if '"' not in line:  # the common case, and by far the fastest
+        return line.rstrip("\r\n").split("\t")
+    return next(csv.reader([line], delimiter="\t", quotechar='"', strict=True))
+
+
+def _iter_tsv(
+    path: Path, raw: io.BufferedIOBase
+) -> Iterator[tuple[int, Passage | None, str | None]]:
+    lineno = 0
+    header: list[str] | None = None
+    for b in raw:
+        lineno += 1
+        line = b.decode("utf-8", errors="surrogateescape")  # bad bytes reported per field
+        if header is None:
+            try:
+                header = _split_tsv_line(line)
+            except csv.Error as e:
+                raise BadRowError(path, lineno, f"unreadable header ({e})") from None
+            cols = [h.strip().lstrip("\ufeff").lower() for h in header]
+            if "id" not in cols or "text" not in cols:
+                raise InputError(
+                    f"{path}:1: expected a header line naming the columns, e.g. "
+                    f"'id<TAB>text<TAB>title' (DPR psgs_w100.tsv layout), got {header[:5]!r}"
+                )
+            i_id, i_text = cols.index("id"), cols.index("text")
+            i_title = cols.index("title") if "title" in cols else None
+            ncols = len(cols)
             continue
-        if not row or (len(row) == 1 and not row[0].strip()):
+        if not line.strip():
             continue  # blank line
+        try:
+            row = _split_tsv_line(line)
+        except csv.Error as e:
+            yield (
+                lineno,
+                None,
+                f"malformed TSV row ({e}; a quoted field must end with a quote on the same "
+                'line, and a quote inside it is written "")',
+            )
+            continue
         if len(row) != ncols:
             yield (
-                start,
+                lineno,
                 None,
                 (
                     f"expected {ncols} tab-separated fields ({', '.join(cols)}), got {len(row)}"
@@ -191,10 +209,12 @@ def _iter_tsv(path: Path, raw) -> Iterator[tuple[int, Passage | None, str | None
             )
             continue
         p, err = _validate(row[i_id], row[i_title] if i_title is not None else "", row[i_text])
-        yield start, p, err
+        yield lineno, p, err
 
 
-def _iter_jsonl(path: Path, raw) -> Iterator[tuple[int, Passage | None, str | None]]:
+def _iter_jsonl(
+    path: Path, raw: io.BufferedIOBase
+) -> Iterator[tuple[int, Passage | None, str | None]]:
     for lineno, b in enumerate(raw, start=1):
         if not b.strip():
             continue
@@ -254,6 +274,7 @@ def iter_passages(
                         stats.skipped_rows.append((lineno, err))
                         log.warning("skipping %s:%d: %s", path, lineno, err)
                     continue
+                assert p is not None  # a row without an error has its passage
                 stats.kept += 1
                 if stats.kept_rows is not None:
                     stats.kept_rows.append(stats.rows - 1)
@@ -263,14 +284,28 @@ def iter_passages(
 
 
 def count_lines(path: str | os.PathLike, chunk: int = 1 << 24) -> int:
-    """Newlines in a (possibly gzipped) file: a fast upper bound on rows, for progress bars."""
+    """Lines in a (possibly gzipped) file, a last line without a newline included.
+    :class:`InputError` when the file cannot be read (a corrupt ``.gz``)."""
     n = 0
-    with _open_binary(Path(path)) as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                return n
-            n += b.count(b"\n")
+    last = b"\n"
+    try:
+        with _open_binary(Path(path)) as f:
+            while True:
+                b = f.read(chunk)
+                if not b:
+                    return n + (last != b"\n")
+                n += b.count(b"\n")
+                last = b[-1:]
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+
+
+def count_rows(path: str | os.PathLike, fmt: str | None = None) -> int:
+    """An upper bound on the data rows of a passage file (its lines, less a TSV's header;
+    blank lines count): the total of a progress bar, read in one fast pass."""
+    fmt = fmt or detect_format(path)
+    n = count_lines(path)
+    return max(0, n - 1) if fmt == "tsv" else n
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -319,7 +354,7 @@ def build_store(
     out_dir: str | os.PathLike,
     *,
     source: str = "passages",
-    on_passage=None,
+    on_passage: Callable[[Passage], None] | None = None,
 ) -> StoreStats:
     """Write the store files into ``out_dir`` (which the caller publishes atomically).
 
@@ -361,10 +396,13 @@ def build_store(
     _check_duplicates(h, id_bytes, lines, source)
     table = _build_table(h)
     table.astype("<i8").tofile(out / IDS_FILE)
+    np.sort(h).astype("<i8").tofile(out / ID_HASHES_FILE)
     return StoreStats(passages=n, data_bytes=data_bytes)
 
 
-def _check_duplicates(h: np.ndarray, id_bytes, lines: Sequence[int], source: str) -> None:
+def _check_duplicates(
+    h: np.ndarray, id_bytes: Callable[[int], bytes], lines: Sequence[int], source: str
+) -> None:
     order = np.argsort(h, kind="stable")
     sh = h[order]
     same = np.flatnonzero(sh[1:] == sh[:-1])
@@ -437,11 +475,33 @@ class PassageStore:
     def __len__(self) -> int:
         return self._n
 
+    def _corrupt(self, row: int, what: str) -> ArtifactError:
+        return ArtifactError(
+            f"passage store {self.root} is corrupt: passage row {row} {what}. Check the index "
+            f"with `ragrt index info --verify {self.root}` and rebuild it with "
+            "`ragrt index build`"
+        )
+
+    def _bounds(self, row: int, first: int, last: int) -> list[int]:
+        """Offsets ``first..last`` of ``row``'s fields, checked (a corrupt offsets file must
+        not read outside the data or backwards)."""
+        offs = [int(x) for x in self._offsets[3 * row + first : 3 * row + last + 1]]
+        size = len(self._data) if self._data is not None else 0
+        if any(b < a for a, b in zip(offs, offs[1:])) or offs[0] < 0 or offs[-1] > size:
+            raise self._corrupt(row, "has offsets outside its data file")
+        return offs
+
+    def _decode(self, row: int, raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._corrupt(row, "is not valid UTF-8") from None
+
     def _field(self, row: int, f: int) -> str:
-        a, b = int(self._offsets[3 * row + f]), int(self._offsets[3 * row + f + 1])
+        a, b = self._bounds(row, f, f + 1)
         if self._data is None or a == b:
             return ""
-        return self._data[a:b].tobytes().decode("utf-8")
+        return self._decode(row, self._data[a:b].tobytes())
 
     def _row(self, row: int) -> int:
         r = int(row)
@@ -451,12 +511,12 @@ class PassageStore:
 
     def __getitem__(self, row: int) -> Passage:
         r = self._row(row)
-        a, b, c, d = (int(x) for x in self._offsets[3 * r : 3 * r + 4])
+        a, b, c, d = self._bounds(r, 0, 3)
         raw = self._data[a:d].tobytes() if self._data is not None else b""
         return Passage(
-            raw[: b - a].decode("utf-8"),
-            raw[b - a : c - a].decode("utf-8"),
-            raw[c - a :].decode("utf-8"),
+            self._decode(r, raw[: b - a]),
+            self._decode(r, raw[b - a : c - a]),
+            self._decode(r, raw[c - a :]),
         )
 
     def get(self, rows: Iterable[int]) -> list[Passage]:
@@ -474,6 +534,8 @@ class PassageStore:
 
     def find(self, pid: str | int) -> int | None:
         key = str(pid)
+        if text_problem(key) is not None:
+            return None  # not text: no stored id can equal it
         kb = key.encode("utf-8")
         slot = id_hash(key) & self._mask
         for _ in range(len(self._table)):
@@ -486,6 +548,26 @@ class PassageStore:
                     return r
             slot = (slot + 1) & self._mask
         return None
+
+    def rows_with_hash(self, h: int) -> list[int]:
+        """Rows whose id hashes to ``h`` (usually one; a 64-bit collision gives more)."""
+        rows = []
+        slot = h & self._mask
+        for _ in range(len(self._table)):
+            r = int(self._table[slot])
+            if r < 0:
+                break
+            if 0 <= r < self._n and id_hash(self.id_of(r)) == h:
+                rows.append(r)
+            slot = (slot + 1) & self._mask
+        return rows
+
+    def id_hashes(self) -> np.ndarray | None:
+        """The sorted id hashes (memory-mapped), or None for a store written without them."""
+        p = self.root / ID_HASHES_FILE
+        if not p.is_file() or p.stat().st_size != 8 * self._n:
+            return None
+        return np.memmap(p, dtype="<i8", mode="r")
 
     def by_id(self, pid: str | int) -> Passage:
         return self[self.row_of(pid)]
@@ -503,3 +585,29 @@ class PassageStore:
             if mm is not None and getattr(mm, "_mmap", None) is not None:
                 mm._mmap.close()
         self._data = None
+
+
+def shared_ids(
+    a: PassageStore, b: PassageStore, *, limit: int = 3, chunk: int = 1 << 22
+) -> list[tuple[str, int, int]] | None:
+    """Up to ``limit`` ids stored in both ``a`` and ``b``, as ``(id, row in a, row in b)``;
+    None when a store has no sorted id hashes to compare (built by an older ragrt).
+
+    Reads only the two sorted hash files (8 bytes per passage), in chunks; equal hashes are
+    confirmed by comparing the ids themselves.
+    """
+    ha, hb = a.id_hashes(), b.id_hashes()
+    if ha is None or hb is None:
+        return None
+    found: list[tuple[str, int, int]] = []
+    for s in range(0, len(hb), chunk):
+        part = np.asarray(hb[s : s + chunk])
+        pos = np.minimum(np.searchsorted(ha, part), len(ha) - 1)
+        for h in part[np.asarray(ha[pos]) == part]:
+            for ra in a.rows_with_hash(int(h)):
+                for rb in b.rows_with_hash(int(h)):
+                    if a.id_of(ra) == b.id_of(rb):
+                        found.append((a.id_of(ra), ra, rb))
+                        if len(found) >= limit:
+                            return found
+    return found

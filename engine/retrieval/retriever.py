@@ -46,6 +46,14 @@ class Hits:
     scores: np.ndarray
 
 
+def check_nprobe(nprobe: object) -> None:
+    """``nprobe`` is None (the index's calibrated default) or a positive integer."""
+    if nprobe is not None and (
+        isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe <= 0
+    ):
+        raise InputError(f"nprobe must be a positive integer (or None), got {nprobe!r}")
+
+
 class Retriever:
     """A question encoder and (optionally) the passage index it was built for.
 
@@ -61,6 +69,7 @@ class Retriever:
         nprobe: int | None = None,
         default_k: int = 5,
     ):
+        check_nprobe(nprobe)
         self.encoder = encoder
         self.index = index
         self.nprobe = nprobe
@@ -83,6 +92,7 @@ class Retriever:
         ``index_device`` defaults to ``cpu`` for a CPU encoder, else ``auto`` (GPU if FAISS
         has one).
         """
+        check_nprobe(nprobe)  # before anything is opened
         encoder = TextEncoder.from_manifest(m, "question_encoder", precision, opts)
         index = None
         if index_dir is not None:

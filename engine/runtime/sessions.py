@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from onnxruntime import InferenceSession
 
 DEVICES = ("cpu", "cuda", "tensorrt")
+GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,21 @@ class SessionOptions:
     graph_optimization: str = "all"  # disable | basic | extended | all
     trt_fp16: bool = True
     trt_cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("device_id", "intra_op_threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InputError(
+                    f"{name} must be an integer >= 0 (0 = "
+                    f"{'one thread per core' if name == 'intra_op_threads' else 'the first GPU'}"
+                    f"), got {v!r}"
+                )
+        if self.graph_optimization not in GRAPH_OPTIMIZATIONS:
+            raise InputError(
+                f"graph_optimization must be one of {', '.join(GRAPH_OPTIMIZATIONS)}, "
+                f"got {self.graph_optimization!r}"
+            )
 
 
 def cgroup_cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -9,6 +10,14 @@ from ragrt.errors import InputError
 
 EARLY_STOPPING = (True, False, "never")
 SEQUENCE_DECODING = ("thorough", "fast")  # RAG-Sequence: rescore every candidate, or not
+TOKEN_ID_FIELDS = (
+    "decoder_start_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "bos_token_id",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+)
 
 
 @dataclass(frozen=True)
@@ -91,12 +100,28 @@ class GenerationParams:
             raise InputError(
                 f"sequence_decoding must be 'thorough' or 'fast', got {self.sequence_decoding!r}"
             )
-        try:
-            float(self.length_penalty)
-        except (TypeError, ValueError):
+        lp = self.length_penalty
+        if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not math.isfinite(lp):
+            raise InputError(f"length_penalty must be a finite number, got {lp!r}")
+        for name in ("exclude_bos_score", "do_deduplication"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """Every token id parameter names a token of a ``vocab_size`` vocabulary, and beam
+        search has enough tokens to choose ``num_beams`` beams from."""
+        for name in TOKEN_ID_FIELDS:
+            v = getattr(self, name)
+            if v is not None and v >= vocab_size:
+                raise InputError(
+                    f"{name}={v} is not a token of this generator (its vocabulary has "
+                    f"{vocab_size} tokens: 0..{vocab_size - 1})"
+                )
+        if self.num_beams > vocab_size:
             raise InputError(
-                f"length_penalty must be a number, got {self.length_penalty!r}"
-            ) from None
+                f"num_beams={self.num_beams} is more than the generator's vocabulary "
+                f"({vocab_size} tokens)"
+            )
 
     @classmethod
     def from_defaults(cls, defaults: Any, **overrides: Any) -> GenerationParams:
