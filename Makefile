@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[cpu,export,serve,dev,distributed]'
+	$(BIN)/pip install -qq -e '.[cpu,export,serve,dev,distributed]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 # ops kept in fp32 in the fp16 variant (on top of onnxconverter-common's default block list)
@@ -59,19 +61,33 @@ def to_fp16(src: Path, dst: Path) -> Path:
     return dst
 
 
+@contextmanager
+def _quiet_root_logger():
+    """ONNX Runtime's quantizer logs advice on the root logger at WARNING level ("consider
+    pre-processing before quantization", once per graph): not the user's business here."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def to_int8(src: Path, dst: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        per_channel=True,
-        extra_options={"MatMulConstBOnly": True},
-        use_external_data_format=src.stat().st_size > LARGE_MODEL_BYTES,
-    )
+    with _quiet_root_logger():
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=True,
+            extra_options={"MatMulConstBOnly": True},
+            use_external_data_format=src.stat().st_size > LARGE_MODEL_BYTES,
+        )
     return dst
 
 

@@ -36,6 +36,7 @@ RULES: dict[str, tuple[str, ...]] = {
     ),
     "ragrt.retrieval": ("ragrt.engine", "ragrt.serving", *OUTSIDE_RUNTIME, *HEAVY),
     "ragrt.engine": ("ragrt.serving", *OUTSIDE_RUNTIME, *HEAVY),
+    "ragrt.evaluation": ("ragrt.serving", *OUTSIDE_RUNTIME, *HEAVY),
     "ragrt.serving": ("ragrt.engine", *OUTSIDE_RUNTIME, *HEAVY),
     "ragrt.errors": ("ragrt.",),
     "ragrt.artifacts": tuple(

@@ -18,7 +18,7 @@ from ragrt import __version__
 from ragrt.errors import RagrtError
 
 # module name under ragrt.cli, in the order shown by --help
-COMMANDS = ("export", "index", "ask", "triton", "serve", "bench", "demo")
+COMMANDS = ("export", "index", "ask", "eval", "triton", "serve", "bench", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

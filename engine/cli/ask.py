@@ -27,6 +27,11 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--num-return-sequences", type=int, help="hypotheses per question (<= beams)")
     p.add_argument("--no-repeat-ngram-size", type=int, help="ban repeated n-grams of this size")
+    p.add_argument(
+        "--sequence-decoding",
+        choices=["thorough", "fast"],
+        help="RAG-Sequence: rescore every candidate on every doc (thorough, default) or not (fast)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _gen_kwargs(args: argparse.Namespace) -> dict:
+def generation_kwargs(args: argparse.Namespace) -> dict:
     return {
         "mode": args.mode,
         "n_docs": args.n_docs,
@@ -104,6 +109,7 @@ def _gen_kwargs(args: argparse.Namespace) -> dict:
         "min_new_tokens": args.min_new_tokens,
         "num_return_sequences": args.num_return_sequences,
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "sequence_decoding": args.sequence_decoding,
     }
 
 
@@ -143,7 +149,7 @@ def warn(message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ragrt.errors import InputError
 
-    kw: dict[str, Any] = {k: v for k, v in _gen_kwargs(args).items() if v is not None}
+    kw: dict[str, Any] = {k: v for k, v in generation_kwargs(args).items() if v is not None}
     if args.show_docs < 0:
         raise InputError(f"--show-docs must be >= 0, got {args.show_docs}")
     if args.url:

@@ -9,6 +9,7 @@ from typing import Any
 from ragrt.errors import InputError
 
 EARLY_STOPPING = (True, False, "never")
+SEQUENCE_DECODING = ("thorough", "fast")  # RAG-Sequence: rescore every candidate, or not
 TOKEN_ID_FIELDS = (
     "decoder_start_token_id",
     "eos_token_id",
@@ -45,6 +46,9 @@ class GenerationParams:
     # exclude_bos_score=True (the checkpoint's config value only affects the training loss)
     exclude_bos_score: bool = True
     do_deduplication: bool = True
+    # RAG-Sequence only: "thorough" rescores every candidate against every doc (the
+    # reference's generate); "fast" scores it under the docs whose beams produced it
+    sequence_decoding: str = "thorough"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -91,6 +95,10 @@ class GenerationParams:
         ):
             raise InputError(
                 f"early_stopping must be true, false or 'never', got {self.early_stopping!r}"
+            )
+        if self.sequence_decoding not in SEQUENCE_DECODING:
+            raise InputError(
+                f"sequence_decoding must be 'thorough' or 'fast', got {self.sequence_decoding!r}"
             )
         lp = self.length_penalty
         if isinstance(lp, bool) or not isinstance(lp, (int, float)) or not math.isfinite(lp):

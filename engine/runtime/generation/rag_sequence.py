@@ -14,6 +14,9 @@ For each question:
    ``logsumexp`` over docs;
 4. return the ``num_return_sequences`` best candidates.
 
+``sequence_decoding="fast"`` (:func:`fast_candidates`) skips step 3, as the paper's fast
+decoding does.
+
 The per-doc generation of all questions runs as one batch (beam search items are
 independent, see :func:`ragrt.runtime.generation.search.beam_search`); rescoring runs per question.
 """
@@ -162,11 +165,79 @@ def generate(
     """RAG-Sequence generation; per question, up to ``num_return_sequences`` hypotheses.
 
     Scores are the marginal ``log p(y|x)`` the candidates were ranked by. Nothing streams: the
-    answer is only known after rescoring.
+    answer is only known after rescoring (or, for fast decoding, after every doc's search).
+    ``config.sequence_decoding`` picks thorough (:func:`candidates`) or fast
+    (:func:`fast_candidates`) decoding.
     """
-    found = candidates(
+    find = fast_candidates if config.sequence_decoding == "fast" else candidates
+    found = find(
         generator, context_ids, context_mask, doc_scores, config, stopping=stopping, tracer=tracer
     )
     return [
         [TokenHypothesis(list(c.token_ids[i]), float(c.scores[i])) for i in c.best] for c in found
     ]
+
+
+def beam_log_prob(hyp: TokenHypothesis, config: GenerationParams) -> float:
+    """The log-probability a per-doc search gave ``hyp``: the sum of the (processed) log-probs
+    it ranked by. Greedy scores are that sum; a beam score is it divided by
+    ``len(tokens) ** length_penalty`` (the reference's beam scorer), undone here."""
+    if config.num_beams == 1:
+        return float(hyp.score)
+    return float(hyp.score) * float(len(hyp.token_ids)) ** float(config.length_penalty)
+
+
+def fast_candidates(
+    generator: Generator,
+    context_ids: np.ndarray,
+    context_mask: np.ndarray,
+    doc_scores: np.ndarray,
+    config: GenerationParams,
+    *,
+    stopping: Cancellation | None = None,
+    tracer: Tracer | None = None,
+) -> list[SequenceCandidates]:
+    """RAG-Sequence "fast decoding" (Lewis et al. 2020, section 2.5): no rescoring pass.
+
+    Step 1 is thorough decoding's (a beam search, or greedy, per doc). A candidate ``y`` that
+    doc ``z``'s search did not produce is taken to have ``p(y | x, z) ~ 0``, so its score is
+    ``logsumexp`` over only the docs whose searches produced it of
+    ``log_softmax(doc_scores)_z + log p(y | x, z)``, the latter being that search's own
+    :func:`beam_log_prob`. Identical candidates are always merged (that sum is the point), so
+    ``do_deduplication`` does not apply; ties keep the first candidate (doc order, then beam).
+    """
+    ids, mask, scores, batch, n_docs = check_inputs(context_ids, context_mask, doc_scores)
+    with stage(tracer, "generator_encode"):
+        states = generator.encode(ids, mask)
+    K = config.num_beams
+    items = batch * n_docs
+    with stage(tracer, "decode"):
+        dec = generator.decoder_step(states, mask, np.repeat(np.arange(items), K))
+        per_item: list[list[TokenHypothesis]]
+        if K == 1:
+            per_item = [[h] for h in greedy(dec, items, config, stopping=stopping, tracer=tracer)]
+            fill = config.pad_token_id
+        else:
+            per_item = beam_search(
+                dec, items, config, num_return_sequences=K, stopping=stopping, tracer=tracer
+            )
+            fill = beam_fill_value(config)
+        del dec
+    doc_lp = log_softmax(scores, axis=1).astype(np.float64)
+    out = []
+    for b in range(batch):
+        hyps = [(d, h) for d in range(n_docs) for h in per_item[b * n_docs + d]]
+        padded = _pad_candidates(
+            [h.token_ids for _, h in hyps], config.decoder_start_token_id, fill
+        )
+        first: dict[tuple[int, ...], int] = {}
+        terms: dict[tuple[int, ...], list[float]] = {}
+        for i, ((d, h), row) in enumerate(zip(hyps, map(tuple, padded.tolist()))):
+            first.setdefault(row, i)
+            terms.setdefault(row, []).append(doc_lp[b, d] + beam_log_prob(h, config))
+        keep = sorted(first.values())
+        rows = [tuple(padded[i].tolist()) for i in keep]
+        ll = np.array([logsumexp(np.array(terms[r]), axis=0) for r in rows], dtype=F32)
+        best = topk(ll[None, :], min(config.num_return_sequences, len(keep)))[0]
+        out.append(SequenceCandidates(padded[keep], [hyps[i][1].token_ids for i in keep], ll, best))
+    return out
