@@ -83,6 +83,32 @@ def sequence_log_likelihood(
     return logsumexp(per_doc.astype(F32), axis=1)
 
 
+def _search_per_doc(
+    generator: Generator,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    items: int,
+    config: GenerationParams,
+    stopping: Cancellation | None,
+    tracer: Tracer | None,
+) -> tuple[np.ndarray, list[list[TokenHypothesis]], int]:
+    """Step 1 of both decodings: encode every (question, doc) row, then one greedy or beam
+    search per row. Returns the encoder states, each row's hypotheses and the token that pads
+    finished hypotheses (the pad id for greedy, the beam scorer's fill value otherwise)."""
+    with stage(tracer, "generator_encode"):
+        states = generator.encode(ids, mask)
+    K = config.num_beams
+    with stage(tracer, "decode"):
+        dec = generator.decoder_step(states, mask, np.repeat(np.arange(items), K))
+        if K == 1:
+            hyps = greedy(dec, items, config, stopping=stopping, tracer=tracer)
+            return states, [[h] for h in hyps], config.pad_token_id
+        per_item = beam_search(
+            dec, items, config, num_return_sequences=K, stopping=stopping, tracer=tracer
+        )
+        return states, per_item, beam_fill_value(config)
+
+
 def candidates(
     generator: Generator,
     context_ids: np.ndarray,
@@ -98,22 +124,9 @@ def candidates(
     ``stopping`` is checked before every decode step and before each question's rescoring.
     """
     ids, mask, scores, batch, n_docs = check_inputs(context_ids, context_mask, doc_scores)
-    with stage(tracer, "generator_encode"):
-        states = generator.encode(ids, mask)
-    K = config.num_beams
-    items = batch * n_docs
-    with stage(tracer, "decode"):
-        dec = generator.decoder_step(states, mask, np.repeat(np.arange(items), K))
-        per_item: list[list[TokenHypothesis]]
-        if K == 1:
-            per_item = [[h] for h in greedy(dec, items, config, stopping=stopping, tracer=tracer)]
-            fill = config.pad_token_id
-        else:
-            per_item = beam_search(
-                dec, items, config, num_return_sequences=K, stopping=stopping, tracer=tracer
-            )
-            fill = beam_fill_value(config)
-        del dec
+    states, per_item, fill = _search_per_doc(
+        generator, ids, mask, batch * n_docs, config, stopping, tracer
+    )
     doc_lp = log_softmax(scores, axis=1)
     out = []
     with stage(tracer, "rescore"):
@@ -207,22 +220,9 @@ def fast_candidates(
     ``do_deduplication`` does not apply; ties keep the first candidate (doc order, then beam).
     """
     ids, mask, scores, batch, n_docs = check_inputs(context_ids, context_mask, doc_scores)
-    with stage(tracer, "generator_encode"):
-        states = generator.encode(ids, mask)
-    K = config.num_beams
-    items = batch * n_docs
-    with stage(tracer, "decode"):
-        dec = generator.decoder_step(states, mask, np.repeat(np.arange(items), K))
-        per_item: list[list[TokenHypothesis]]
-        if K == 1:
-            per_item = [[h] for h in greedy(dec, items, config, stopping=stopping, tracer=tracer)]
-            fill = config.pad_token_id
-        else:
-            per_item = beam_search(
-                dec, items, config, num_return_sequences=K, stopping=stopping, tracer=tracer
-            )
-            fill = beam_fill_value(config)
-        del dec
+    _, per_item, fill = _search_per_doc(
+        generator, ids, mask, batch * n_docs, config, stopping, tracer
+    )
     doc_lp = log_softmax(scores, axis=1).astype(np.float64)
     out = []
     for b in range(batch):
