@@ -8,6 +8,11 @@ from ragrt.runtime.stack import require
 # fail at import, naming the extra, rather than with a bare ModuleNotFoundError mid-export
 require("ragrt.export", "export")
 
-from ragrt.export.pipeline import ExportOptions, ExportResult, export_artifacts  # noqa: E402
+from ragrt.export.pipeline import (  # noqa: E402
+    ExportOptions,
+    ExportResult,
+    export_artifacts,
+    quiet_build_logs,
+)
 
-__all__ = ["ExportOptions", "ExportResult", "export_artifacts"]
+__all__ = ["ExportOptions", "ExportResult", "export_artifacts", "quiet_build_logs"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,3 +250,21 @@ def _file_records(root: Path) -> dict[str, dict[str, Any]]:
             rel = p.relative_to(root).as_posix()
             files[rel] = file_record(root, rel)
     return files
+
+
+def quiet_build_logs() -> None:
+    """Silence what an export prints that is not the user's business: ONNX Runtime's
+    quantization loggers (its root-logger advice is silenced where ragrt quantizes,
+    :func:`ragrt.export.precision.to_int8`) and deprecation chatter from the export libraries.
+    ragrt's own warnings stay visible."""
+    for name in ("onnxruntime", "onnxruntime.quantization"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|optimum)")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - the export extra is checked by the caller
+        pass

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
-import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -79,24 +77,6 @@ def corpus_path() -> Path:
     return Path(str(resources.files("ragrt") / "demo" / "python_stdlib_docs.jsonl"))
 
 
-def quiet_build_logs() -> None:
-    """Silence what building the demo prints that is not the user's business: ONNX Runtime's
-    quantization loggers (its root-logger advice is silenced where ragrt quantizes,
-    :func:`ragrt.export.precision.to_int8`) and deprecation chatter from the export libraries.
-    ragrt's own warnings stay visible."""
-    for name in ("onnxruntime", "onnxruntime.quantization"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|optimum)")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - the export extra is checked by the caller
-        pass
-
-
 def model_note(record: dict) -> str:
     """The one line after the answers: what the generator is and where a real one goes."""
     params = record.get("model", {}).get("parameters", 0)
@@ -113,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from ragrt.runtime.stack import missing_extra
 
     try:
-        from ragrt.export import ExportOptions, export_artifacts
+        from ragrt.export import ExportOptions, export_artifacts, quiet_build_logs
         from ragrt.export.demo_generator import DEMO_QUESTIONS, model_path
         from ragrt.export.fixtures import minilm_path
     except ImportError as e:
