@@ -303,6 +303,9 @@ def load_system(art: Path, index: Path, system: str, work: Path, n_docs: int = 5
 
 def prepare_demo(work: Path, precisions: Sequence[str]) -> tuple[Path, Path]:
     """The demo artifact (MiniLM + the shipped generator, every precision) and its index."""
+    import hashlib
+    import shutil
+
     from ragrt.export import ExportOptions, export_artifacts
     from ragrt.export.demo_generator import corpus_path, model_path
     from ragrt.export.fixtures import minilm_path
@@ -310,10 +313,16 @@ def prepare_demo(work: Path, precisions: Sequence[str]) -> tuple[Path, Path]:
 
     art, index = work / "art", work / "index"
     want = sorted({p.split("-")[0] for p in precisions} | {"fp32"})
+    # the artifact is rebuilt when the shipped generator changed (a retrained model): the
+    # folder's path stays the same, so the weights' digest is what tells
+    digest = hashlib.sha256((model_path() / "model.safetensors").read_bytes()).hexdigest()
+    stamp = work / "generator.sha256"
     have = []
-    if (art / "manifest.json").exists():
+    if (art / "manifest.json").exists() and stamp.is_file() and stamp.read_text() == digest:
         have = json.loads((art / "manifest.json").read_text()).get("precisions", [])
     if not set(want) <= set(have):
+        for stale in work.glob("art-int8-*"):  # int8 scheme copies of the old artifact
+            shutil.rmtree(stale)
         export_artifacts(
             ExportOptions(
                 out=art,
@@ -324,6 +333,7 @@ def prepare_demo(work: Path, precisions: Sequence[str]) -> tuple[Path, Path]:
                 overwrite=True,
             )
         )
+        stamp.write_text(digest)
     if not (index / "manifest.json").exists():
         build_index(corpus_path(), index, model=art)
     return art, index
