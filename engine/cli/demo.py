@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="longest answer, in tokens (default: the demo model's, 47)",
     )
     p.add_argument(
+        "--mode",
+        choices=["sequence", "token"],
+        default="sequence",
+        help="RAG-Sequence (default: each answer is one passage's sentence) or RAG-Token (mixes "
+        "the passages word by word; with this encoder's close doc scores, often a jumble)",
+    )
+    p.add_argument(
         "--precision",
         default="fp32",
         choices=["fp32", "int8"],
@@ -142,12 +149,13 @@ def run(args: argparse.Namespace) -> int:
         build_index(corpus_path(), index, model=art)
     else:
         print(f"[2/3] reusing {index}")
-    print(f"[3/3] answering (RAG-Token, greedy, {args.n_docs} docs, {args.precision})\n")
+    mode = {"sequence": "RAG-Sequence", "token": "RAG-Token"}[args.mode]
+    print(f"[3/3] answering ({mode}, greedy, {args.n_docs} docs, {args.precision})\n")
     engine = RagEngine.load(art, index, precision=args.precision)
     questions = args.questions or DEMO_QUESTIONS
     t1 = time.perf_counter()
     kw = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
-    results = engine.generate(questions, n_docs=args.n_docs, **kw)
+    results = engine.generate(questions, mode=args.mode, n_docs=args.n_docs, **kw)
     dt = time.perf_counter() - t1
     for r in results:
         print(f"Q: {r.question}")
