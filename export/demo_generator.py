@@ -20,7 +20,7 @@ Run (writes the model folder, the held-out questions and a record of the run)::
     python -m ragrt.export.demo_generator --out export/demo_model \\
         --heldout engine/demo/heldout_questions.jsonl
 
-Everything is seeded; torch runs with 2 threads. The committed model in ``export/demo_model``
+Everything is seeded; torch runs with one thread. The committed model in ``export/demo_model``
 was produced by this script; ``export/demo_model/training.json`` records the command, seed,
 data split, losses and times.
 """
