@@ -167,7 +167,7 @@ def test_demo_help_is_plain_and_documents_every_flag(capsys):
         main(["demo", "--help"])
     out = capsys.readouterr().out
     assert "``" not in out and ":class:" not in out
-    for flag in ("--workdir", "--n-docs", "--max-new-tokens", "--precision", "--rebuild"):
+    for flag in ("--workdir", "--n-docs", "--mode", "--max-new-tokens", "--precision", "--rebuild"):
         block = out[out.index(f"  {flag}") :].split("\n  -")[0]
         assert len(block.split()) > 3, block  # the flag, its metavar and a description
 
