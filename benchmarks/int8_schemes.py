@@ -32,6 +32,7 @@ Usage (quiet machine not needed: CPU time)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -200,10 +201,25 @@ def openvino(gen: Any, paths: dict[str, Path], hint: str) -> Any:
     return gen
 
 
+@functools.cache
 def _has_openvino() -> bool:
+    """The plugin is installed *and* offers a device here. onnxruntime-ep-openvino 1.8.1 with
+    onnxruntime 1.32 registers on an AMD EPYC but lists no OpenVINO device, and sessions then
+    fail with "Must provide one or more OrtEpDevice instances": skip it, saying why."""
     try:
-        import onnxruntime_ep_openvino  # noqa: F401
+        import onnxruntime as ort
+        import onnxruntime_ep_openvino as ovep
     except ImportError:
+        return False
+    name = ovep.get_ep_name()
+    if name not in {d.ep_name for d in ort.get_ep_devices()}:
+        try:
+            ort.register_execution_provider_library(name, ovep.get_library_path())
+        except Exception as e:  # already registered without a device, or a broken plugin
+            print(f"openvino: skipped, registering the plugin failed: {e}", flush=True)
+            return False
+    if name not in {d.ep_name for d in ort.get_ep_devices()}:
+        print("openvino: skipped, the plugin lists no device on this machine", flush=True)
         return False
     return True
 
