@@ -31,16 +31,6 @@ def _names(text: str) -> list[str]:
 
 
 SIZES = ("bart-tiny", "bart-base", "bart-large")
-SYSTEMS = (
-    "reference",
-    "optimum",
-    "optimum-longest",
-    "ragrt-fp32",
-    "ragrt-fp16",
-    "ragrt-int8",
-    "ctranslate2-fp32",
-    "ctranslate2-int8",
-)
 
 EPILOG = """\
 examples:
@@ -175,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         require(*needs)  # harness imports torch/optimum/matplotlib only inside its functions
         from ragrt.benchmarks import harness
+        from ragrt.benchmarks.results_view import SYSTEM_ORDER as SYSTEMS  # every known system
     except ImportError as e:
         raise missing_extra(e, *needs) from None
 
