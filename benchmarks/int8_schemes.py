@@ -182,12 +182,11 @@ def generator(paths: dict[str, Path], threads: int = 1) -> Any:
 def openvino(gen: Any, paths: dict[str, Path], hint: str) -> Any:
     """Re-open ``gen``'s three graphs on the OpenVINO execution provider plugin
     (``pip install onnxruntime-ep-openvino``; AMX-BF16 on Xeons that have it) with
-    ``INFERENCE_PRECISION_HINT`` = ``hint`` (``bf16`` or ``f32``), one thread."""
+    ``INFERENCE_PRECISION_HINT`` = ``hint`` (``bf16`` or ``f32``), one thread. Only after
+    :func:`_has_openvino`, which registers the plugin and checks that it offers a device."""
     import onnxruntime as ort
     import onnxruntime_ep_openvino as ovep
 
-    if ovep.get_ep_name() not in {d.ep_name for d in ort.get_ep_devices()}:
-        ort.register_execution_provider_library(ovep.get_ep_name(), ovep.get_library_path())
     devs = [d for d in ort.get_ep_devices() if d.ep_name == ovep.get_ep_name()]
     cfg = Path(tempfile.mkdtemp(prefix="ragrt-ov-")) / "config.json"
     cfg.write_text(json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": hint}}))

@@ -443,7 +443,6 @@ def train(
             out = model(**x, labels=y)
             loss = out.loss
             history["gold"].append(loss.item())
-            spread = _position_spread(out.encoder_last_hidden_state, x["attention_mask"])
         else:
             batch = next(rag_batches)
             ctx = build_contexts([e.question for e in batch], [e.docs for e in batch], fmt)
@@ -451,10 +450,8 @@ def train(
             n = len(batch[0].docs)
             dec_in = shift_tokens_right(y.repeat_interleave(n, dim=0), PAD, EOS)
             out = model(**x, decoder_input_ids=dec_in)
-            logits = out.logits
-            spread = _position_spread(out.encoder_last_hidden_state, x["attention_mask"])
             scores = torch.tensor([e.scores for e in batch], dtype=torch.float32)
-            tl, sl = marginal_losses(logits, y, scores)
+            tl, sl = marginal_losses(out.logits, y, scores)
             loss = 0.5 * (tl + sl)
             history["rag_token"].append(tl.item())
             history["rag_sequence"].append(sl.item())
@@ -463,6 +460,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 50 == 0 or step == total - 1:
+            spread = _position_spread(out.encoder_last_hidden_state, x["attention_mask"])
             log(
                 f"step {step:5d}/{total} loss {loss.item():.4f} lr {_lr(step, total, cfg):.2e} "
                 f"encoder spread {spread:.3f} cpu {time.process_time():.0f}s",
