@@ -303,9 +303,9 @@ def load_system(art: Path, index: Path, system: str, work: Path, n_docs: int = 5
 
 def prepare_demo(work: Path, precisions: Sequence[str]) -> tuple[Path, Path]:
     """The demo artifact (MiniLM + the shipped generator, every precision) and its index."""
-    import hashlib
     import shutil
 
+    from ragrt.artifacts import sha256_file
     from ragrt.export import ExportOptions, export_artifacts
     from ragrt.export.demo_generator import corpus_path, model_path
     from ragrt.export.fixtures import minilm_path
@@ -315,7 +315,7 @@ def prepare_demo(work: Path, precisions: Sequence[str]) -> tuple[Path, Path]:
     want = sorted({p.split("-")[0] for p in precisions} | {"fp32"})
     # the artifact is rebuilt when the shipped generator changed (a retrained model): the
     # folder's path stays the same, so the weights' digest is what tells
-    digest = hashlib.sha256((model_path() / "model.safetensors").read_bytes()).hexdigest()
+    digest = sha256_file(model_path() / "model.safetensors")
     stamp = work / "generator.sha256"
     have = []
     if (art / "manifest.json").exists() and stamp.is_file() and stamp.read_text() == digest:
